@@ -1,0 +1,1 @@
+"""Backends: one module per backend type; registry maps type names to classes."""

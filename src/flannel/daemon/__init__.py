@@ -1,0 +1,1 @@
+"""The flanneld daemon: startup sequence, supervision, health server, lease keeping."""

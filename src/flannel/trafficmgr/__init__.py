@@ -1,0 +1,1 @@
+"""Masquerade and forward rules: pure rule generation, iptables and nftables appliers."""
