@@ -1,0 +1,57 @@
+"""The alloc backend: lease a subnet and publish the public IP, program nothing.
+
+Useful where something else (a cloud route table, a router) moves the packets and flannel only hands
+out subnets. MTU is the external interface's MTU; the lease carries only ``PublicIP``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from flannel.backend.base import BackendContext
+from flannel.errors import BackendError
+from flannel.model.lease import Lease, LeaseAttrs, LeaseEvent
+
+logger = logging.getLogger(__name__)
+
+
+class AllocNetwork:
+    """A leased subnet with no data path."""
+
+    def __init__(self, lease: Lease, mtu: int) -> None:
+        self._lease = lease
+        self._mtu = mtu
+
+    @property
+    def lease(self) -> Lease:
+        """Our lease."""
+        return self._lease
+
+    @property
+    def mtu(self) -> int:
+        """The external interface MTU (nothing encapsulates)."""
+        return self._mtu
+
+    async def run(self, events: AsyncIterator[list[LeaseEvent]]) -> None:
+        """Consume peer events (logged at -v 1) so the watch keeps flowing."""
+        async for batch in events:
+            for event in batch:
+                logger.debug("alloc: peer %s %s", event.lease.describe(), event.type.value)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class AllocBackend:
+    """Lease-only backend."""
+
+    async def register_network(self, ctx: BackendContext) -> AllocNetwork:
+        """Acquire the lease with only our public IP in it."""
+        if ctx.ext_iface.ext_addr is None:
+            raise BackendError(
+                "alloc backend needs an IPv4 public address (--public-ip or --iface)"
+            )
+        attrs = LeaseAttrs(public_ip=ctx.ext_iface.ext_addr)
+        lease = await ctx.subnet_manager.acquire_lease(attrs)
+        return AllocNetwork(lease, ctx.ext_iface.mtu)
