@@ -19,7 +19,6 @@ _SUBCOMMAND_MODULES = (
     "flannel.cli.status",
     "flannel.lab.cli",
     "flannel.cni.install",
-    "flannel.cli.configcmd",
 )
 
 

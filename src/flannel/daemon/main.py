@@ -11,24 +11,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from flannel.backend.base import BackendContext, Network
 from flannel.backend.registry import get_backend
 from flannel.daemon import subnetfile
+from flannel.daemon.extiface import select_external_interface
 from flannel.daemon.health import HealthServer, HealthState
 from flannel.daemon.notify import sd_notify
 from flannel.daemon.settings import Settings
 from flannel.daemon.startup import create_subnet_manager, fetch_network_config, ip_stack
+from flannel.daemon.supervise import RuleKeeper, blackhole_loop, start_traffic, supervise
 from flannel.errors import FlannelError, LeaseRevokedError
 from flannel.model import subnetenv
 from flannel.model.config import NetworkConfig
+from flannel.model.iface import ExternalInterface
+from flannel.model.ifaceselect import Stack
+from flannel.model.lease import Lease
 from flannel.subnet.base import SubnetManager
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DaemonDeps:
+    """The daemon's links to the outside world, replaceable in wiring tests.
+
+    Defaults talk to the real datastore, kernel and rule tools; tests pass a memory store, a fixed
+    interface and no-op rules to prove the startup sequence and supervision on their own.
+    """
+
+    create_manager: Callable[
+        [Settings, Mapping[str, str], subnetenv.PreviousSubnets], Awaitable[SubnetManager]
+    ] = create_subnet_manager
+    select_interface: Callable[[Settings, Stack], Awaitable[ExternalInterface]] = (
+        select_external_interface
+    )
+    start_traffic: Callable[
+        [Settings, NetworkConfig, Lease, subnetenv.PreviousSubnets], Awaitable[RuleKeeper | None]
+    ] = start_traffic
+    check_br_netfilter: bool = True
 
 
 class _Exit(Exception):
@@ -39,10 +66,17 @@ class _Exit(Exception):
         self.code = code
 
 
-async def run_daemon(settings: Settings, env: Mapping[str, str]) -> int:
+async def run_daemon(
+    settings: Settings,
+    env: Mapping[str, str],
+    deps: DaemonDeps | None = None,
+    health: HealthState | None = None,
+) -> int:
     """Run flanneld until a signal or a fatal error; return the process exit code."""
-    health = HealthState()
-    serve = asyncio.create_task(_serve(settings, env, health), name="flanneld")
+    health = health or HealthState()
+    serve = asyncio.create_task(
+        _serve(settings, env, health, deps or DaemonDeps()), name="flanneld"
+    )
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -81,18 +115,20 @@ async def run_daemon(settings: Settings, env: Mapping[str, str]) -> int:
     return code
 
 
-async def _serve(settings: Settings, env: Mapping[str, str], health: HealthState) -> int:
+async def _serve(
+    settings: Settings, env: Mapping[str, str], health: HealthState, deps: DaemonDeps
+) -> int:
     previous = subnetfile.read_previous(settings.subnet_file)
     try:
-        manager = await create_subnet_manager(settings, env, previous)
+        manager = await deps.create_manager(settings, env, previous)
     except FlannelError as exc:
         raise _Exit(1, f"Failed to create SubnetManager: {exc}") from exc
     logger.info("Created subnet manager: %s", manager.name)
     network: Network | None = None
     try:
         config = await fetch_network_config(manager)
-        network = await _register(settings, config, manager)
-        await _run_registered(settings, env, config, manager, network, previous, health)
+        network = await _register(settings, config, manager, deps)
+        await _run_registered(settings, config, manager, network, previous, health, deps)
         return 0
     finally:
         logger.info("Waiting for all goroutines to exit")
@@ -103,23 +139,24 @@ async def _serve(settings: Settings, env: Mapping[str, str], health: HealthState
             await manager.close()
 
 
-async def _register(settings: Settings, config: NetworkConfig, manager: SubnetManager) -> Network:
-    from flannel.daemon.extiface import select_external_interface
-
-    stack = ip_stack(config)
-    if not config.enable_nftables:
+async def _register(
+    settings: Settings, config: NetworkConfig, manager: SubnetManager, deps: DaemonDeps
+) -> Network:
+    try:
+        stack = ip_stack(config)
+    except FlannelError as exc:
+        raise _Exit(1, str(exc)) from exc
+    if deps.check_br_netfilter and not config.enable_nftables:
         _check_br_netfilter(config)
     stored_v4, stored_v6 = await manager.get_stored_public_ips()
     if stored_v4 or stored_v6:
-        import dataclasses
-
         settings = dataclasses.replace(
             settings,
             public_ip=stored_v4 or settings.public_ip,
             public_ipv6=stored_v6 or settings.public_ipv6,
         )
     try:
-        ext = await select_external_interface(settings, stack)
+        ext = await deps.select_interface(settings, stack)
     except FlannelError as exc:
         raise _Exit(1, f"Failed to find any valid interface to use: {exc}") from exc
     try:
@@ -157,17 +194,18 @@ def _check_br_netfilter(config: NetworkConfig) -> None:
 
 async def _run_registered(
     settings: Settings,
-    env: Mapping[str, str],
     config: NetworkConfig,
     manager: SubnetManager,
     network: Network,
     previous: subnetenv.PreviousSubnets,
     health: HealthState,
+    deps: DaemonDeps,
 ) -> None:
-    from flannel.daemon.supervise import start_traffic, supervise
-
     lease = network.lease
-    keeper = await start_traffic(settings, config, lease, previous)
+    try:
+        keeper = await deps.start_traffic(settings, config, lease, previous)
+    except FlannelError as exc:
+        raise _Exit(1, f"Failed to set up traffic rules: {exc}") from exc
     content = subnetenv.render(
         network=config.network if config.enable_ipv4 else None,
         subnet=lease.subnet if config.enable_ipv4 else None,
@@ -192,8 +230,6 @@ async def _run_registered(
     if keeper is not None:
         jobs["traffic-resync"] = keeper.run()
     if settings.ip_blackhole_route:
-        from flannel.daemon.supervise import blackhole_loop
-
         jobs["blackhole-route"] = blackhole_loop(settings, config, lease)
     sd_notify("READY=1")
     try:
