@@ -33,7 +33,10 @@ EXT = ExternalInterface(
     ext_v6_addr=None,
 )
 CONFIG = NetworkConfig(
-    network=IPv4Network("10.5.0.0/16"), subnet_len=24, backend_type="alloc", backend={"Type": "alloc"}
+    network=IPv4Network("10.5.0.0/16"),
+    subnet_len=24,
+    backend_type="alloc",
+    backend={"Type": "alloc"},
 )
 
 
@@ -89,7 +92,9 @@ def _deps(manager: ScriptedManager, traffic_calls: list[Lease]) -> DaemonDeps:
     async def select(*_: object) -> ExternalInterface:
         return EXT
 
-    async def traffic(settings: Settings, config: NetworkConfig, lease: Lease, prev: object) -> None:
+    async def traffic(
+        settings: Settings, config: NetworkConfig, lease: Lease, prev: object
+    ) -> None:
         traffic_calls.append(lease)
 
     return DaemonDeps(

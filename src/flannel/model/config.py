@@ -8,9 +8,12 @@ upstream's exact texts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+import json
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
+
+from flannel.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -34,3 +37,237 @@ class NetworkConfig:
     ipv6_subnet_len: int = 0
     backend_type: str = "udp"
     backend: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def subnet_size(self) -> int:
+        """Addresses per IPv4 subnet (valid after check_network_config)."""
+        return 1 << (32 - self.subnet_len)
+
+    @property
+    def ipv6_subnet_size(self) -> int:
+        """Addresses per IPv6 subnet (valid after check_network_config)."""
+        return 1 << (128 - self.ipv6_subnet_len)
+
+
+_FIELDS: dict[str, str] = {
+    "EnableIPv4": "enable_ipv4",
+    "EnableIPv6": "enable_ipv6",
+    "EnableNFTables": "enable_nftables",
+    "Network": "network",
+    "IPv6Network": "ipv6_network",
+    "SubnetMin": "subnet_min",
+    "SubnetMax": "subnet_max",
+    "IPv6SubnetMin": "ipv6_subnet_min",
+    "IPv6SubnetMax": "ipv6_subnet_max",
+    "SubnetLen": "subnet_len",
+    "IPv6SubnetLen": "ipv6_subnet_len",
+    "Backend": "backend",
+}
+_FOLDED = {name.lower(): name for name in _FIELDS}
+
+
+def _match_field(key: str) -> str | None:
+    """Go's rule: exact name first, else a case-insensitive match."""
+    if key in _FIELDS:
+        return key
+    return _FOLDED.get(key.lower())
+
+
+def _cidr_text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"invalid {name}: {value!r} is not a CIDR string")
+    text = value.strip('"')
+    _address, sep, prefix = text.partition("/")
+    if not sep or not prefix.isdigit():
+        raise ConfigError(f"invalid CIDR address: {text} (field {name})")
+    return text
+
+
+def _ipv4_network(value: object, name: str) -> IPv4Network:
+    text = _cidr_text(value, name)
+    try:
+        net = ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(f"invalid CIDR address: {text} (field {name})") from None
+    if not isinstance(net, IPv4Network):
+        raise ConfigError(f"invalid IPv4 CIDR format (field {name}: {text})")
+    return net
+
+
+def _ipv6_network(value: object, name: str) -> IPv6Network:
+    text = _cidr_text(value, name)
+    try:
+        net = ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(f"invalid CIDR address: {text} (field {name})") from None
+    if not isinstance(net, IPv6Network):
+        raise ConfigError(f"invalid IPv6 CIDR format (field {name}: {text})")
+    return net
+
+
+def _ip(value: object, name: str, version: int) -> IPv4Address | IPv6Address:
+    if not isinstance(value, str):
+        raise ConfigError(f"invalid {name}: {value!r} is not an IP address string")
+    try:
+        addr = ip_address(value)
+    except ValueError:
+        raise ConfigError(f"invalid {name}: {value!r} is not an IP address") from None
+    if addr.version != version:
+        raise ConfigError(f"invalid {name}: {value} is not an IPv{version} address")
+    return addr
+
+
+def _uint(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"json: cannot unmarshal {json.dumps(value)} into Go struct field Config.{name} of type uint"
+        )
+    return value
+
+
+def _bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"json: cannot unmarshal {json.dumps(value)} into Go struct field Config.{name} of type bool"
+        )
+    return value
+
+
+def _decode_field(name: str, value: object) -> object:
+    if name in ("EnableIPv4", "EnableIPv6", "EnableNFTables"):
+        return _bool(value, name)
+    if name == "Network":
+        return _ipv4_network(value, name)
+    if name == "IPv6Network":
+        return _ipv6_network(value, name)
+    if name in ("SubnetMin", "SubnetMax"):
+        return _ip(value, name, 4)
+    if name in ("IPv6SubnetMin", "IPv6SubnetMax"):
+        return _ip(value, name, 6)
+    if name in ("SubnetLen", "IPv6SubnetLen"):
+        return _uint(value, name)
+    return value  # Backend: decoded below
+
+
+def parse_config(text: str | bytes) -> NetworkConfig:
+    """Decode net-conf.json like upstream's ParseConfig (Go encoding/json rules)."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"invalid JSON in network config: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ConfigError("network config must be a JSON object")
+    values: dict[str, Any] = {}
+    backend_present = False
+    for key, value in obj.items():
+        name = _match_field(key)
+        if name is None:
+            continue  # unknown keys are ignored, as Go does
+        if value is None and name != "Backend":
+            continue  # JSON null leaves the Go default
+        if name == "Backend":
+            backend_present = True
+        values[_FIELDS[name]] = _decode_field(name, value)
+    backend_type = "udp"
+    backend: dict[str, Any] | None = None
+    if backend_present:
+        raw = values.pop("backend")
+        if raw is None:
+            backend, backend_type = {}, ""
+        elif not isinstance(raw, dict):
+            raise ConfigError(
+                "error decoding Backend property of config: json: cannot unmarshal "
+                f"{type(raw).__name__} into Go value of type struct {{ Type string }}"
+            )
+        else:
+            backend = raw
+            type_key = next((k for k in raw if k == "Type"), None) or next(
+                (k for k in raw if k.lower() == "type"), None
+            )
+            type_value = raw.get(type_key, "") if type_key else ""
+            if type_value is None:
+                type_value = ""
+            if not isinstance(type_value, str):
+                raise ConfigError(
+                    "error decoding Backend property of config: Type must be a string"
+                )
+            backend_type = type_value
+    return NetworkConfig(**values, backend_type=backend_type, backend=backend)
+
+
+def _check_ipv4(cfg: NetworkConfig) -> NetworkConfig:
+    network = cfg.network
+    if network is None or network.prefixlen == 0:
+        raise ConfigError("please define a correct Network parameter in the flannel config")
+    subnet_len = cfg.subnet_len
+    if subnet_len > 0:
+        if subnet_len > 30:
+            raise ConfigError("SubnetLen must be less than /31")
+        if subnet_len < network.prefixlen + 2:
+            raise ConfigError("network must be able to accommodate at least four subnets")
+    else:
+        if network.prefixlen > 28:
+            raise ConfigError("network is too small. Minimum useful network prefix is /28")
+        subnet_len = 24 if network.prefixlen <= 22 else network.prefixlen + 2
+    size = 1 << (32 - subnet_len)
+    subnet_min = cfg.subnet_min
+    if subnet_min is None:
+        subnet_min = network.network_address + size
+    elif subnet_min not in network:
+        raise ConfigError("SubnetMin is not in the range of the Network")
+    subnet_max = cfg.subnet_max
+    if subnet_max is None:
+        subnet_max = network.network_address + network.num_addresses - size
+    elif subnet_max not in network:
+        raise ConfigError("SubnetMax is not in the range of the Network")
+    if int(subnet_min) % size:
+        raise ConfigError(f"SubnetMin is not on a SubnetLen boundary: {subnet_min}")
+    if int(subnet_max) % size:
+        raise ConfigError(f"SubnetMax is not on a SubnetLen boundary: {subnet_max}")
+    return replace(cfg, subnet_len=subnet_len, subnet_min=subnet_min, subnet_max=subnet_max)
+
+
+def _check_ipv6(cfg: NetworkConfig) -> NetworkConfig:
+    network = cfg.ipv6_network
+    if network is None or network.prefixlen == 0:
+        raise ConfigError("please define a correct IPv6Network parameter in the flannel config")
+    subnet_len = cfg.ipv6_subnet_len
+    if subnet_len > 0:
+        if subnet_len > 126:
+            raise ConfigError("SubnetLen must be less than /127")
+        if subnet_len < network.prefixlen + 2:
+            raise ConfigError("network must be able to accommodate at least four subnets")
+    else:
+        if network.prefixlen > 124:
+            raise ConfigError("IPv6Network is too small. Minimum useful network prefix is /124")
+        subnet_len = 64 if network.prefixlen <= 62 else network.prefixlen + 2
+    size = 1 << (128 - subnet_len)
+    subnet_min = cfg.ipv6_subnet_min
+    if subnet_min is None:
+        subnet_min = network.network_address + size
+    elif subnet_min not in network:
+        raise ConfigError("IPv6SubnetMin is not in the range of the IPv6Network")
+    subnet_max = cfg.ipv6_subnet_max
+    if subnet_max is None:
+        subnet_max = network.network_address + (network.num_addresses - size)
+    elif subnet_max not in network:
+        raise ConfigError("IPv6SubnetMax is not in the range of the IPv6Network")
+    if int(subnet_min) % size:
+        raise ConfigError(f"IPv6SubnetMin is not on a SubnetLen boundary: {subnet_min}")
+    if int(subnet_max) % size:
+        raise ConfigError(f"IPv6SubnetMax is not on a SubnetLen boundary: {subnet_max}")
+    return replace(
+        cfg,
+        ipv6_subnet_len=subnet_len,
+        ipv6_subnet_min=subnet_min,
+        ipv6_subnet_max=subnet_max,
+    )
+
+
+def check_network_config(cfg: NetworkConfig) -> NetworkConfig:
+    """Upstream's CheckNetworkConfig: defaults and validation, IPv4 errors before IPv6 errors."""
+    if cfg.enable_ipv4:
+        cfg = _check_ipv4(cfg)
+    if cfg.enable_ipv6:
+        cfg = _check_ipv6(cfg)
+    return cfg
