@@ -28,12 +28,14 @@ def _ip(*args: str) -> None:
 
 @pytest.fixture
 def node_ns() -> Iterator[str]:
-    """A namespace with a dummy underlay interface and a default route through it."""
+    """A namespace with an underlay interface and a default route through it."""
     name = f"pfa-{secrets.token_hex(3)}"
     _ip("netns", "add", name)
     try:
         _ip("-n", name, "link", "set", "lo", "up")
-        _ip("-n", name, "link", "add", "eth0", "type", "dummy")
+        # This kernel has no dummy driver: a veth pair inside the namespace stands in.
+        _ip("-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer")
+        _ip("-n", name, "link", "set", "eth0peer", "up")
         _ip("-n", name, "addr", "add", f"{NODE_IP}/24", "dev", "eth0")
         _ip("-n", name, "link", "set", "eth0", "up")
         _ip("-n", name, "route", "add", "default", "dev", "eth0")
@@ -123,7 +125,6 @@ def test_flanneld_leases_a_subnet_writes_subnet_env_and_exits_zero_on_sigterm(
             f"--subnet-file={subnet_file}",
             "--healthz-ip=127.0.0.1",
             f"--healthz-port={health_port}",
-            "--iptables-forward-rules=false",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -105,16 +105,19 @@ def _ipv6_network(value: object, name: str) -> IPv6Network:
     return net
 
 
-def _ip(value: object, name: str, version: int) -> IPv4Address | IPv6Address:
+def _ip(value: object, name: str, version: int) -> IPv4Address | IPv6Address | None:
+    """Go's IP4/IP6 UnmarshalJSON; the unspecified address (``0.0.0.0``/``::``) means unset."""
     if not isinstance(value, str):
-        raise ConfigError(f"invalid {name}: {value!r} is not an IP address string")
+        raise ConfigError(f"invalid IP address format ({name}: {value!r} is not a string)")
     try:
         addr = ip_address(value)
     except ValueError:
-        raise ConfigError(f"invalid {name}: {value!r} is not an IP address") from None
-    if addr.version != version:
-        raise ConfigError(f"invalid {name}: {value} is not an IPv{version} address")
-    return addr
+        raise ConfigError(f"invalid IP address format ({name}: {value!r})") from None
+    if version == 4 and addr.version != 4:
+        raise ConfigError(f"invalid IPv4 address format ({name}: {value})")
+    if version == 6 and addr.version != 6:
+        raise ConfigError(f"invalid IPv6 address format ({name}: {value})")
+    return None if addr.is_unspecified else addr
 
 
 def _uint(value: object, name: str) -> int:
@@ -167,7 +170,11 @@ def parse_config(text: str | bytes) -> NetworkConfig:
             continue  # JSON null leaves the Go default
         if name == "Backend":
             backend_present = True
-        values[_FIELDS[name]] = _decode_field(name, value)
+        decoded = _decode_field(name, value)
+        if decoded is None and name != "Backend":
+            values.pop(_FIELDS[name], None)  # "0.0.0.0" / "::" mean unset
+            continue
+        values[_FIELDS[name]] = decoded
     backend_type = "udp"
     backend: dict[str, Any] | None = None
     if backend_present:

@@ -1,0 +1,375 @@
+"""The netlink adapter: the ONLY module importing pyroute2.
+
+Choice: pyroute2's synchronous ``IPRoute``, called from worker threads (``asyncio.to_thread``) by the
+reconciler and the daemon. The sync API is the long-stable one and keeps every kernel call a plain
+function that tests can run directly; one ``NetlinkKernel`` owns one socket, used by one thread at a
+time (the reconciler serialises its passes). Every pyroute2/OSError failure is translated here, once,
+into ``flannel.errors.KernelError`` naming the object and the errno.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from flannel.dataplane.objects import (
+    MAIN_TABLE,
+    Addr,
+    Fdb,
+    KernelObject,
+    Link,
+    Neigh,
+    Route,
+    VxlanParams,
+    describe,
+)
+from flannel.errors import KernelError
+from flannel.model.iface import InterfaceAddress, InterfaceInfo
+
+logger = logging.getLogger(__name__)
+
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTNH_F_ONLINK = 0x04
+IFF_UP = 0x01
+IFA_F_TEMPORARY = 0x01
+IFA_F_DEPRECATED = 0x20
+IFA_F_PERMANENT = 0x80
+RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+AF_BRIDGE = 7
+RTPROT_BOOT = 3
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, NetlinkError):
+        return int(exc.code)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    return 0
+
+
+def kernel_error(what: str, exc: BaseException) -> KernelError:
+    """Translate a pyroute2/OS failure into KernelError naming the object and errno."""
+    code = _errno_of(exc)
+    name = errno_mod.errorcode.get(code, str(code))
+    return KernelError(f"{what}: {name} ({exc}); check the device exists and we have CAP_NET_ADMIN")
+
+
+@contextmanager
+def _ipr(netns: str | None = None) -> Iterator[Any]:
+    try:
+        ipr = IPRoute(netns=netns) if netns else IPRoute()
+    except (NetlinkError, OSError) as exc:
+        raise kernel_error(f"open netlink socket (netns {netns or 'current'})", exc) from exc
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _family(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+# ---------------------------------------------------------------- daemon-facing (stable signatures)
+
+
+def list_interfaces() -> list[InterfaceInfo]:
+    """Every interface of the current namespace with its addresses in kernel order."""
+    with _ipr() as ipr:
+        try:
+            links = ipr.get_links()
+            addrs = ipr.get_addr()
+        except (NetlinkError, OSError) as exc:
+            raise kernel_error("list interfaces", exc) from exc
+    by_index: dict[int, list[InterfaceAddress]] = {}
+    for msg in addrs:
+        flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+        addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+        if addr is None:
+            continue
+        by_index.setdefault(msg["index"], []).append(
+            InterfaceAddress(
+                address=ip_address(addr),
+                prefixlen=msg["prefixlen"],
+                permanent=bool(flags & IFA_F_PERMANENT),
+                deprecated=bool(flags & IFA_F_DEPRECATED),
+                temporary=bool(flags & IFA_F_TEMPORARY),
+            )
+        )
+    return [
+        InterfaceInfo(
+            name=str(link.get_attr("IFLA_IFNAME")),
+            index=int(link["index"]),
+            mtu=int(link.get_attr("IFLA_MTU") or 0),
+            up=bool(link["flags"] & IFF_UP),
+            addresses=tuple(by_index.get(link["index"], ())),
+        )
+        for link in links
+    ]
+
+
+def default_route_ifindex(family: int) -> int | None:
+    """Output interface of the main-table default route (``family`` 4 or 6), None without one."""
+    with _ipr() as ipr:
+        try:
+            routes = ipr.get_routes(family=_family(family), table=MAIN_TABLE)
+        except (NetlinkError, OSError) as exc:
+            raise kernel_error(f"list IPv{family} routes", exc) from exc
+    for route in routes:
+        if route["dst_len"] == 0 and route["type"] == RTN_UNICAST:
+            oif = route.get_attr("RTA_OIF")
+            if oif is not None:
+                return int(oif)
+            for hop in route.get_attr("RTA_MULTIPATH") or ():
+                return int(hop["oif"])
+    return None
+
+
+def route_get(ip: str) -> tuple[int, str | None]:
+    """``ip route get <ip>``: the (ifindex, preferred source) the kernel would use to reach ``ip``."""
+    with _ipr() as ipr:
+        try:
+            result = ipr.route("get", dst=ip)
+        except (NetlinkError, OSError) as exc:
+            raise kernel_error(f"route get {ip} (is it reachable from this host?)", exc) from exc
+    msg = result[0]
+    src = msg.get_attr("RTA_PREFSRC")
+    return int(msg.get_attr("RTA_OIF")), (str(src) if src is not None else None)
+
+
+def has_blackhole_route(net: IPv4Network | IPv6Network) -> bool:
+    """True when the main table holds ``blackhole <net>``."""
+    with _ipr() as ipr:
+        try:
+            routes = ipr.get_routes(family=_family(net.version), table=MAIN_TABLE)
+        except (NetlinkError, OSError) as exc:
+            raise kernel_error(f"list routes looking for blackhole {net}", exc) from exc
+    for route in routes:
+        same_dst = route.get_attr("RTA_DST") == str(net.network_address)
+        if route["type"] == RTN_BLACKHOLE and route["dst_len"] == net.prefixlen and same_dst:
+            return True
+    return False
+
+
+def ensure_blackhole_route(net: IPv4Network | IPv6Network) -> None:
+    """Add ``blackhole <net>`` (upstream --ip-blackhole-route) unless it is already there."""
+    if has_blackhole_route(net):
+        return
+    # proto boot, as upstream's netlink.RouteAdd: not flannel-tagged, so prune never removes it.
+    NetlinkKernel().apply("create", Route(dst=str(net), type="blackhole", protocol=RTPROT_BOOT))
+
+
+# ---------------------------------------------------------------- reconciler-facing kernel
+
+
+class NetlinkKernel:
+    """Reads and writes flannel's kernel objects in one namespace (``netns`` None = current)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    def read_state(self) -> list[KernelObject]:
+        """Every link and address, permanent neighbours/FDB entries and main-table routes."""
+        with _ipr(self.netns) as ipr:
+            try:
+                links = ipr.get_links()
+                names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in links}
+                out: list[KernelObject] = [_link_from(m) for m in links]
+                out += _addrs_from(ipr.get_addr(), names)
+                out += _neighs_from(ipr.get_neighbours(), names)
+                out += _fdb_from(ipr.get_neighbours(family=AF_BRIDGE), names)
+                for fam in (socket.AF_INET, socket.AF_INET6):
+                    out += _routes_from(ipr.get_routes(family=fam, table=MAIN_TABLE), names)
+            except (NetlinkError, OSError) as exc:
+                raise kernel_error(
+                    f"dump kernel state (netns {self.netns or 'current'})", exc
+                ) from exc
+        return out
+
+    def apply(self, action: str, obj: KernelObject) -> None:
+        """Perform ``action`` (create/update/delete) on ``obj``; KernelError names the object."""
+        with _ipr(self.netns) as ipr:
+            try:
+                _APPLY[type(obj)](ipr, action, obj)
+            except (NetlinkError, OSError) as exc:
+                if action == "delete" and _errno_of(exc) in (
+                    errno_mod.ENOENT,
+                    errno_mod.ESRCH,
+                    errno_mod.ENODEV,
+                ):
+                    return  # already gone: the goal of a delete is reached
+                raise kernel_error(f"{action} {describe(obj)}", exc) from exc
+
+
+def _index(ipr: Any, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise KernelError(f"device {name} does not exist (it is created by the backend)")
+    return int(found[0])
+
+
+def _apply_link(ipr: Any, action: str, obj: Link) -> None:
+    if action == "delete":
+        ipr.link("del", index=_index(ipr, obj.name))
+        return
+    if action == "create":
+        kwargs: dict[str, Any] = {"ifname": obj.name, "kind": obj.kind}
+        if obj.vxlan is not None:
+            vx = obj.vxlan
+            kwargs.update(vxlan_id=vx.vni, vxlan_port=vx.port, vxlan_learning=int(vx.learning))
+            if vx.local:
+                kwargs["vxlan_local" if ":" not in vx.local else "vxlan_local6"] = vx.local
+            if vx.underlay_index:
+                kwargs["vxlan_link"] = vx.underlay_index
+            if vx.gbp:
+                kwargs["vxlan_gbp"] = True
+        if obj.mac:
+            kwargs["address"] = obj.mac
+        if obj.mtu:
+            kwargs["mtu"] = obj.mtu
+        ipr.link("add", **kwargs)
+    settings: dict[str, Any] = {"state": "up" if obj.up else "down"}
+    if obj.mtu:
+        settings["mtu"] = obj.mtu
+    ipr.link("set", index=_index(ipr, obj.name), **settings)
+
+
+def _apply_addr(ipr: Any, action: str, obj: Addr) -> None:
+    verb = "del" if action == "delete" else "replace"
+    ipr.addr(verb, index=_index(ipr, obj.device), address=obj.address, prefixlen=obj.prefixlen)
+
+
+def _apply_neigh(ipr: Any, action: str, obj: Neigh) -> None:
+    idx = _index(ipr, obj.device)
+    if action == "delete":
+        ipr.neigh("del", dst=obj.ip, ifindex=idx)
+        return
+    family = socket.AF_INET6 if ":" in obj.ip else socket.AF_INET
+    ipr.neigh(
+        "replace", dst=obj.ip, lladdr=obj.mac, ifindex=idx, state=NUD_PERMANENT, family=family
+    )
+
+
+def _apply_fdb(ipr: Any, action: str, obj: Fdb) -> None:
+    idx = _index(ipr, obj.device)
+    if action == "delete":
+        ipr.fdb("del", ifindex=idx, lladdr=obj.mac, dst=obj.dst)
+        return
+    ipr.fdb(
+        "replace", ifindex=idx, lladdr=obj.mac, dst=obj.dst, state=NUD_PERMANENT, flags=NTF_SELF
+    )
+
+
+def _apply_route(ipr: Any, action: str, obj: Route) -> None:
+    net = ip_network(obj.dst)
+    kwargs: dict[str, Any] = {
+        "dst": str(net.network_address),
+        "dst_len": net.prefixlen,
+        "family": socket.AF_INET6 if net.version == 6 else socket.AF_INET,
+        "table": obj.table,
+    }
+    if action != "delete":
+        kwargs["proto"] = obj.protocol
+        kwargs["type"] = RTN_BLACKHOLE if obj.type == "blackhole" else RTN_UNICAST
+        if obj.device:
+            kwargs["oif"] = _index(ipr, obj.device)
+        if obj.gateway:
+            kwargs["gateway"] = obj.gateway
+        if obj.onlink:
+            kwargs["flags"] = RTNH_F_ONLINK
+    ipr.route("del" if action == "delete" else "replace", **kwargs)
+
+
+_APPLY: dict[type, Any] = {
+    Link: _apply_link,
+    Addr: _apply_addr,
+    Neigh: _apply_neigh,
+    Fdb: _apply_fdb,
+    Route: _apply_route,
+}
+
+
+def _link_from(msg: Any) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = str(info.get_attr("IFLA_INFO_KIND")) if info is not None else ""
+    vxlan = None
+    if kind == "vxlan":
+        data = info.get_attr("IFLA_INFO_DATA")
+        local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
+        vxlan = VxlanParams(
+            vni=int(data.get_attr("IFLA_VXLAN_ID") or 0),
+            port=int(data.get_attr("IFLA_VXLAN_PORT") or 0),
+            local=str(local) if local else None,
+            underlay_index=int(data.get_attr("IFLA_VXLAN_LINK") or 0) or None,
+            learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+            gbp=data.get_attr("IFLA_VXLAN_GBP") is not None,
+        )
+    return Link(
+        name=str(msg.get_attr("IFLA_IFNAME")),
+        kind=kind,
+        vxlan=vxlan,
+        mtu=int(msg.get_attr("IFLA_MTU") or 0),
+        mac=msg.get_attr("IFLA_ADDRESS"),
+        up=bool(msg["flags"] & IFF_UP),
+    )
+
+
+def _addrs_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
+    out: list[KernelObject] = []
+    for msg in msgs:
+        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if addr and msg["index"] in names:
+            out.append(
+                Addr(device=names[msg["index"]], address=str(addr), prefixlen=msg["prefixlen"])
+            )
+    return out
+
+
+def _neighs_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
+    out: list[KernelObject] = []
+    for msg in msgs:
+        lladdr, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
+        if msg["state"] & NUD_PERMANENT and lladdr and dst and msg["ifindex"] in names:
+            out.append(Neigh(device=names[msg["ifindex"]], ip=str(dst), mac=str(lladdr)))
+    return out
+
+
+def _fdb_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
+    out: list[KernelObject] = []
+    for msg in msgs:
+        lladdr, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
+        if msg["state"] & NUD_PERMANENT and lladdr and dst and msg["ifindex"] in names:
+            out.append(Fdb(device=names[msg["ifindex"]], mac=str(lladdr), dst=str(dst)))
+    return out
+
+
+def _routes_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
+    out: list[KernelObject] = []
+    for msg in msgs:
+        if msg["type"] not in (RTN_UNICAST, RTN_BLACKHOLE):
+            continue
+        dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if msg["family"] == socket.AF_INET else "::")
+        oif = msg.get_attr("RTA_OIF")
+        gateway = msg.get_attr("RTA_GATEWAY")
+        out.append(
+            Route(
+                dst=f"{dst}/{msg['dst_len']}",
+                device=names.get(int(oif)) if oif is not None else None,
+                gateway=str(gateway) if gateway else None,
+                onlink=bool(msg["flags"] & RTNH_F_ONLINK),
+                protocol=int(msg["proto"]),
+                type="blackhole" if msg["type"] == RTN_BLACKHOLE else "unicast",
+                table=int(msg.get_attr("RTA_TABLE") or msg["table"]),
+            )
+        )
+    return out

@@ -1,0 +1,143 @@
+"""Pods: namespaces wired up through the node's CNI conflist, exactly as a container runtime would.
+
+Each node gets its own conflist (flannel + portmap) whose paths point into the node's directory in
+the lab state dir — ``subnetFile``, the flannel ``dataDir`` and the host-local ``ipam.dataDir`` — so the
+host's /run/flannel, /etc/cni and /var/lib/cni are never read or written. Plugins run inside the
+node namespace (cni0, veth host ends and portmap rules live there); CNI_PATH is the lab's bin dir
+with the ``flannel`` launcher, then Debian's plugins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flannel.lab import netns
+from flannel.lab.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+NETWORK_NAME = "cbr0"
+CNI_VERSION = "0.3.1"
+SYSTEM_CNI_DIR = "/usr/lib/cni"
+
+
+@dataclass(frozen=True)
+class NodeCni:
+    """Where one node's CNI files live."""
+
+    node_dir: Path
+
+    @property
+    def conf_dir(self) -> Path:
+        """The node's /etc/cni/net.d."""
+        return self.node_dir / "cni" / "net.d"
+
+    @property
+    def data_dir(self) -> Path:
+        """flannel's dataDir (saved delegate configs)."""
+        return self.node_dir / "cni" / "flannel"
+
+    @property
+    def ipam_dir(self) -> Path:
+        """host-local's store."""
+        return self.node_dir / "cni" / "networks"
+
+    @property
+    def cache_dir(self) -> Path:
+        """The runtime driver's result cache (libcni's /var/lib/cni/results)."""
+        return self.node_dir / "cni" / "cache"
+
+    @property
+    def conflist_path(self) -> Path:
+        """The conflist file."""
+        return self.conf_dir / "10-flannel.conflist"
+
+
+def conflist(cni: NodeCni) -> dict[str, Any]:
+    """kube-flannel's cni-conf.json, with every path moved into the node's lab directory."""
+    return {
+        "name": NETWORK_NAME,
+        "cniVersion": CNI_VERSION,
+        "plugins": [
+            {
+                "type": "flannel",
+                "subnetFile": str(cni.node_dir / "subnet.env"),
+                "dataDir": str(cni.data_dir),
+                "delegate": {"hairpinMode": True, "isDefaultGateway": True},
+                "ipam": {"dataDir": str(cni.ipam_dir)},
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def write_conflist(cni: NodeCni) -> dict[str, Any]:
+    """Create the node's CNI dirs and conflist; returns the conflist."""
+    for directory in (cni.conf_dir, cni.data_dir, cni.ipam_dir, cni.cache_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    conf = conflist(cni)
+    cni.conflist_path.write_text(json.dumps(conf, indent=2) + "\n")
+    return conf
+
+
+def container_id(pod_netns: str) -> str:
+    """A stable container ID per pod namespace (like cnitool's hash of the netns path)."""
+    return "lab-" + hashlib.sha256(pod_netns.encode()).hexdigest()[:24]
+
+
+def install_plugin(bin_dir: Path, conf_dir: Path) -> None:
+    """Install the ``flannel`` plugin launcher into the lab's bin dir (the CNI installer's job)."""
+    from flannel.cni import install
+
+    install_fn = getattr(install, "install_cni", None) or getattr(install, "install", None)
+    if install_fn is None:
+        raise LabError("flannel.cni.install has no install_cni(); cannot install the CNI plugin")
+    install_fn(bin_dir=bin_dir, conf_dir=conf_dir)
+
+
+def _runtime(cni: NodeCni, bin_dir: Path, node_ns: str) -> Any:
+    from flannel.cni.runtime import CniRuntime
+
+    return CniRuntime(
+        conflist(cni),
+        cni_path=[str(bin_dir), SYSTEM_CNI_DIR],
+        cache_dir=cni.cache_dir,
+        netns=node_ns,
+    )
+
+
+def add_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str) -> tuple[str, str]:
+    """Create the pod namespace and run CNI ADD; returns (container_id, pod IPv4)."""
+    netns.add(pod_ns)
+    cid = container_id(pod_ns)
+    try:
+        result = _runtime(cni, bin_dir, node_ns).add(cid, netns.path(pod_ns), ifname="eth0")
+    except Exception as exc:
+        raise LabError(f"CNI ADD for pod {pod_ns} on {node_ns} failed: {exc}") from exc
+    return cid, first_ipv4(result, pod_ns)
+
+
+def delete_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str, cid: str) -> None:
+    """CNI DEL, then delete the namespace (DEL first, as a runtime does, so IPs are released)."""
+    try:
+        _runtime(cni, bin_dir, node_ns).delete(cid, netns.path(pod_ns), ifname="eth0")
+    except Exception as exc:  # a failing DEL must not keep the namespace around
+        logger.warning("CNI DEL for pod %s failed: %s", pod_ns, exc)
+    netns.delete(pod_ns)
+
+
+def first_ipv4(result: dict[str, Any], pod_ns: str) -> str:
+    """The pod's IPv4 address from a CNI result (0.3.x+ ``ips`` or 0.1/0.2 ``ip4``)."""
+    for entry in result.get("ips", []):
+        address = str(entry.get("address", ""))
+        if "." in address:
+            return address.split("/")[0]
+    ip4 = result.get("ip4") or {}
+    if "ip" in ip4:
+        return str(ip4["ip"]).split("/")[0]
+    raise LabError(f"CNI result for pod {pod_ns} has no IPv4 address: {result}")
