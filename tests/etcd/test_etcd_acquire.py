@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 from etcd_helpers import CONFIG, PREFIX, ManagerFactory, attrs
 
-from flannel.errors import ConfigError, OutOfSubnetsError
+from flannel.errors import ConfigError, DatastoreError, OutOfSubnetsError
 from flannel.lab.etcd import EtcdServer
 from flannel.model.lease import LeaseAttrs
 from flannel.subnet.etcd_client import EtcdClient
@@ -108,3 +108,19 @@ async def test_missing_then_invalid_then_fixed_config(
     await etcd_client.put(f"{PREFIX}/config", CONFIG)
     cfg = await manager.get_network_config()
     assert cfg.network == IPv4Network("10.3.0.0/16")
+
+
+async def test_unreachable_first_endpoint_fails_over_to_the_next(
+    etcd_server: EtcdServer, etcd_client: EtcdClient, make_manager: ManagerFactory
+) -> None:
+    await etcd_client.put(f"{PREFIX}/config", CONFIG)
+    manager = make_manager(endpoints=["http://127.0.0.1:1", etcd_server.endpoint])
+    lease = await manager.acquire_lease(attrs("1.2.3.4"))
+    assert lease.subnet is not None
+    assert manager.client.endpoint == etcd_server.endpoint
+
+
+async def test_no_reachable_endpoint_is_a_datastore_error(make_manager: ManagerFactory) -> None:
+    manager = make_manager(endpoints=["http://127.0.0.1:1", "http://127.0.0.1:2"])
+    with pytest.raises(DatastoreError, match="every endpoint"):
+        await manager.get_network_config()

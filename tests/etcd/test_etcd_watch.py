@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from etcd_helpers import CONFIG, PREFIX, ManagerFactory, attrs, next_batch
@@ -79,7 +81,7 @@ async def test_malformed_key_or_value_is_skipped_without_removing_other_peers(
 
 
 async def test_compaction_triggers_a_relist_that_reports_changes_then_live_events_resume(
-    etcd_client: EtcdClient, make_manager: ManagerFactory
+    etcd_client: EtcdClient, make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mac_a = '{"VNI":1,"VtepMAC":"aa:aa:aa:aa:aa:aa"}'
     mac_b = '{"VNI":1,"VtepMAC":"bb:bb:bb:bb:bb:bb"}'
@@ -89,6 +91,18 @@ async def test_compaction_triggers_a_relist_that_reports_changes_then_live_event
     )
     manager, own = await _own(etcd_client, make_manager)
     client = manager.client
+    real_watch = client.watch
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def gated_watch(key: str, *, prefix: bool, start_revision: int) -> AsyncIterator[Any]:
+        calls.append(start_revision)
+        if len(calls) > 1:
+            await gate.wait()  # hold the reconnect until the history is compacted
+        async for batch in real_watch(key, prefix=prefix, start_revision=start_revision):
+            yield batch
+
+    monkeypatch.setattr(client, "watch", gated_watch)
     stream = manager.watch_leases(own)
     try:
         (first,) = await next_batch(stream)
@@ -102,6 +116,7 @@ async def test_compaction_triggers_a_relist_that_reports_changes_then_live_event
         revision = await etcd_client.put(f"{SUBNETS}/10.3.22.0-24", attrs("7.7.7.7").to_json())
         await etcd_client.delete(f"{SUBNETS}/10.3.22.0-24")
         await etcd_client.compact(revision + 1)
+        gate.set()
         seen: dict[str, LeaseEvent] = {}
         while len(seen) < 2:
             for event in await next_batch(stream, timeout=20):
@@ -110,6 +125,7 @@ async def test_compaction_triggers_a_relist_that_reports_changes_then_live_event
         assert seen["10.3.20.0/24"].lease.attrs.backend_data == mac_b
         assert seen["10.3.21.0/24"].type is EventType.ADDED
         assert "10.3.22.0/24" not in seen
+        assert len(calls) >= 3  # first watch, the compacted reconnect, the watch after re-list
         await etcd_client.put(f"{SUBNETS}/10.3.25.0-24", attrs("4.4.4.4").to_json())
         assert summary(await next_batch(stream)) == [(EventType.ADDED, "10.3.25.0/24", "4.4.4.4")]
     finally:

@@ -30,7 +30,7 @@ from flannel.subnet.memory import MemorySubnetManager
 pytestmark = pytest.mark.netns
 
 UNDERLAY_IP = "192.168.77.2"
-PEER_MAC = "0e:aa:bb:cc:dd:01"
+PEER_MAC = "0e:aa:bb:cc:dd:09"  # peer 9's; peer N has 0e:aa:bb:cc:dd:<N hex>
 
 
 def sh(ns: str, *argv: str, check: bool = True) -> str:
@@ -68,7 +68,8 @@ def ext_iface(ns: str) -> ExternalInterface:
     return ExternalInterface("eth0", index, 1500, addr, None, addr, None)
 
 
-def peer_lease(third: int, backend: str = "vxlan", mac: str = PEER_MAC) -> Lease:
+def peer_lease(third: int, backend: str = "vxlan", mac: str = "") -> Lease:
+    mac = mac or f"0e:aa:bb:cc:dd:{third:02x}"
     data = f'{{"VNI":1,"VtepMAC":"{mac}"}}' if backend == "vxlan" else None
     attrs = LeaseAttrs(IPv4Address(f"192.168.77.{third}"), None, backend, data)
     expiry = datetime.now(UTC) + timedelta(hours=1)

@@ -55,5 +55,14 @@ def setup_logging(verbosity: int, log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
-    for noisy in ("pyroute2", "grpc", "aetcd", "httpx", "httpcore", "asyncio"):
+    for noisy in (
+        "pyroute2",
+        "grpc",
+        "aetcd",
+        "httpx",
+        "httpcore",
+        "httpx2",
+        "httpcore2",
+        "asyncio",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

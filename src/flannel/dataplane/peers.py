@@ -19,6 +19,7 @@ from flannel.model.lease import EventType, Lease, LeaseEvent
 
 logger = logging.getLogger(__name__)
 
+PRUNE_GRACE_SECONDS = 3.0
 Projection = Callable[[Lease], Sequence[KernelObject] | None]
 
 
@@ -76,17 +77,20 @@ class PeerNetwork:
 
     async def run(self, events: AsyncIterator[list[LeaseEvent]]) -> None:
         """Apply the first snapshot, then reconcile continuously while feeding later batches."""
-        first = True
         async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.reconciler.run(), name="dataplane-reconciler")
+            tasks.create_task(watch_drift(self.reconciler, netns=self.netns), name="dataplane-drift")
+            grace = tasks.create_task(self._enable_prune_later(), name="dataplane-prune-grace")
             async for batch in events:
                 self.handle_batch(batch)
-                if first:
-                    first = False
-                    tasks.create_task(self.reconciler.run(), name="dataplane-reconciler")
-                    tasks.create_task(
-                        watch_drift(self.reconciler, netns=self.netns), name="dataplane-drift"
-                    )
+                self.reconciler.enable_prune()
+                grace.cancel()
             # The event stream ended: keep reconciling (drift repair) until cancelled.
+
+    async def _enable_prune_later(self) -> None:
+        """A store with no peers may send no snapshot at all: prune anyway after a grace period."""
+        await asyncio.sleep(PRUNE_GRACE_SECONDS)
+        self.reconciler.enable_prune()
 
     async def close(self) -> None:
         """Kernel state stays in place at shutdown so traffic keeps flowing across a restart."""

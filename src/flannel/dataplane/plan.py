@@ -82,7 +82,11 @@ def satisfied(desired: KernelObject, actual: KernelObject) -> bool:
 
 
 def plan(
-    desired: Iterable[KernelObject], actual: Iterable[KernelObject], scope: Scope
+    desired: Iterable[KernelObject],
+    actual: Iterable[KernelObject],
+    scope: Scope,
+    *,
+    prune: bool = True,
 ) -> list[Operation]:
     """The ordered operations that turn ``actual`` into ``desired`` (pruning only owned objects)."""
     want = {obj.key: obj for obj in desired}
@@ -111,7 +115,7 @@ def plan(
         elif not satisfied(obj, cur):
             writes.append(Operation("update", obj))
     for key, cur in have.items():
-        if key not in want and scope.owns(cur) and object_device(cur) not in recreated:
+        if prune and key not in want and scope.owns(cur) and object_device(cur) not in recreated:
             deletes.append(Operation("delete", cur))
     deletes.sort(key=lambda op: -ORDER[type(op.obj)])
     writes.sort(key=lambda op: ORDER[type(op.obj)])

@@ -77,7 +77,8 @@ class Reconciler:
         self._clean = asyncio.Event()
         self._generation = 0
         self._applied_generation = -1
-        self._initial_done = False
+        self._prune = False
+        self._drift_pending = False
 
     # ---------------------------------------------------------------- desired state
     def set_group(self, group: str, objects: Iterable[KernelObject]) -> None:
@@ -88,6 +89,13 @@ class Reconciler:
     def remove_group(self, group: str) -> None:
         """Forget a group; its objects are pruned on the next pass (when owned)."""
         if self._groups.pop(group, None) is not None:
+            self.poke()
+
+    def enable_prune(self) -> None:
+        """Allow deleting owned objects nobody desires (after the first lease snapshot defines the
+        live set, so a restart never removes a live peer's route before it is re-declared)."""
+        if not self._prune:
+            self._prune = True
             self.poke()
 
     def groups(self) -> list[str]:
@@ -119,8 +127,8 @@ class Reconciler:
             self.metrics.last_error = str(exc)
             logger.warning("cannot read kernel state, will retry: %s", exc)
             return False
-        ops = plan(self.desired(), actual, self.scope)
-        if ops and getattr(self, "_drift_pending", False):
+        ops = plan(self.desired(), actual, self.scope, prune=self._prune)
+        if ops and self._drift_pending:
             self.metrics.drift_repairs += 1
         self._drift_pending = False
         ok = True
