@@ -72,7 +72,10 @@ async def _baseline_round(endpoint: str, prefix: str) -> float:
 
 async def _run(endpoint: str) -> dict[str, object]:
     counter = _RaceCounter()
-    logging.getLogger("flannel.subnet.etcd").addHandler(counter)
+    etcd_logger = logging.getLogger("flannel.subnet.etcd")
+    etcd_logger.addHandler(counter)
+    etcd_logger.setLevel(logging.WARNING)
+    etcd_logger.propagate = False
     rows = []
     for round_no in range(ROUNDS):
         base = await _baseline_round(endpoint, f"/bench{round_no}/base")

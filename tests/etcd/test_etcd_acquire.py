@@ -124,3 +124,20 @@ async def test_no_reachable_endpoint_is_a_datastore_error(make_manager: ManagerF
     manager = make_manager(endpoints=["http://127.0.0.1:1", "http://127.0.0.1:2"])
     with pytest.raises(DatastoreError, match="every endpoint"):
         await manager.get_network_config()
+
+
+async def test_dual_stack_lease_key_names_both_subnets(
+    etcd_client: EtcdClient, make_manager: ManagerFactory
+) -> None:
+    await etcd_client.put(
+        f"{PREFIX}/config",
+        '{"Network":"10.3.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:12:13::/56"}',
+    )
+    lease = await make_manager().acquire_lease(attrs("1.2.3.4"))
+    assert lease.subnet is not None and lease.ipv6_subnet is not None
+    assert lease.enable_ipv6
+    key = (
+        f"{PREFIX}/subnets/{lease.subnet.network_address}-24&{lease.ipv6_subnet.network_address}-64"
+    )
+    kv, _ = await etcd_client.get(key)
+    assert kv is not None

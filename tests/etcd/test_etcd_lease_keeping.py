@@ -75,3 +75,35 @@ async def test_own_key_already_gone_raises_lease_revoked(
     await etcd_client.delete(await _own_key(etcd_client, lease.subnet))
     with pytest.raises(LeaseRevokedError):
         await asyncio.wait_for(manager.complete_lease(lease), 10)
+
+
+async def test_external_renewal_of_the_own_key_is_adopted(
+    etcd_client: EtcdClient, make_manager: ManagerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    await etcd_client.put(f"{PREFIX}/config", CONFIG)
+    manager = make_manager()
+    lease = await manager.acquire_lease(attrs("1.2.3.4"))
+    key = await _own_key(etcd_client, lease.subnet)
+    caplog.set_level("INFO", logger="flannel.subnet.etcd")
+    keeper = asyncio.create_task(manager.complete_lease(lease))
+
+    def waits() -> int:
+        return sum("to renew lease" in r.getMessage() for r in caplog.records)
+
+    try:
+        for _ in range(100):
+            if waits() >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert waits() == 1  # the own-key snapshot
+        lease_id, _ttl = await etcd_client.grant(7200)
+        await etcd_client.put(key, attrs("1.2.3.4").to_json(), lease_id)
+        for _ in range(100):
+            if waits() >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert waits() == 2  # the external renewal re-armed the timer
+        assert not keeper.done()
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -90,25 +89,20 @@ async def test_compaction_triggers_a_relist_that_reports_changes_then_live_event
         peer_key, attrs("5.5.5.5", backend_type="vxlan", backend_data=mac_a).to_json()
     )
     manager, own = await _own(etcd_client, make_manager)
-    client = manager.client
-    real_watch = client.watch
-    calls: list[int] = []
-    gate = asyncio.Event()
+    starts: list[int] = []
+    real_watch = manager.client.watch
 
-    async def gated_watch(key: str, *, prefix: bool, start_revision: int) -> AsyncIterator[Any]:
-        calls.append(start_revision)
-        if len(calls) > 1:
-            await gate.wait()  # hold the reconnect until the history is compacted
+    async def recording_watch(key: str, *, prefix: bool, start_revision: int) -> AsyncIterator[Any]:
+        starts.append(start_revision)
         async for batch in real_watch(key, prefix=prefix, start_revision=start_revision):
             yield batch
 
-    monkeypatch.setattr(client, "watch", gated_watch)
+    monkeypatch.setattr(manager.client, "watch", recording_watch)
     stream = manager.watch_leases(own)
     try:
         (first,) = await next_batch(stream)
         assert first.lease.attrs.backend_data == mac_a
-        # Break the watch's connection, change things, and compact them away before it resumes.
-        await client.close()
+        # The watch resumes from the snapshot's revision, which we now compact away.
         await etcd_client.put(
             peer_key, attrs("5.5.5.5", backend_type="vxlan", backend_data=mac_b).to_json()
         )
@@ -116,7 +110,6 @@ async def test_compaction_triggers_a_relist_that_reports_changes_then_live_event
         revision = await etcd_client.put(f"{SUBNETS}/10.3.22.0-24", attrs("7.7.7.7").to_json())
         await etcd_client.delete(f"{SUBNETS}/10.3.22.0-24")
         await etcd_client.compact(revision + 1)
-        gate.set()
         seen: dict[str, LeaseEvent] = {}
         while len(seen) < 2:
             for event in await next_batch(stream, timeout=20):
@@ -125,8 +118,34 @@ async def test_compaction_triggers_a_relist_that_reports_changes_then_live_event
         assert seen["10.3.20.0/24"].lease.attrs.backend_data == mac_b
         assert seen["10.3.21.0/24"].type is EventType.ADDED
         assert "10.3.22.0/24" not in seen
-        assert len(calls) >= 3  # first watch, the compacted reconnect, the watch after re-list
         await etcd_client.put(f"{SUBNETS}/10.3.25.0-24", attrs("4.4.4.4").to_json())
         assert summary(await next_batch(stream)) == [(EventType.ADDED, "10.3.25.0/24", "4.4.4.4")]
+        assert len(starts) == 2 and starts[1] > starts[0]  # compacted watch, then after re-list
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_broken_connection_is_resumed_without_losing_events(
+    etcd_client: EtcdClient, make_manager: ManagerFactory
+) -> None:
+    manager, own = await _own(etcd_client, make_manager)
+    stream = manager.watch_leases(own)
+    try:
+        await etcd_client.put(f"{SUBNETS}/10.3.20.0-24", attrs("5.5.5.5").to_json())
+        batch = await next_batch(stream)  # snapshot or live event: either way the peer is known
+        while not any(str(e.lease.subnet) == "10.3.20.0/24" for e in batch):
+            batch = await next_batch(stream)
+        await etcd_client.put(f"{SUBNETS}/10.3.21.0-24", attrs("6.6.6.6").to_json())
+        assert summary(await next_batch(stream)) == [(EventType.ADDED, "10.3.21.0/24", "6.6.6.6")]
+        await manager.client.close()  # the live watch stream breaks here
+        await etcd_client.delete(f"{SUBNETS}/10.3.20.0-24")
+        await etcd_client.put(f"{SUBNETS}/10.3.22.0-24", attrs("7.7.7.7").to_json())
+        got: list[tuple[EventType, str, str]] = []
+        while len(got) < 2:
+            got += summary(await next_batch(stream))
+        assert got == [
+            (EventType.REMOVED, "10.3.20.0/24", "5.5.5.5"),
+            (EventType.ADDED, "10.3.22.0/24", "7.7.7.7"),
+        ]
     finally:
         await stream.aclose()  # type: ignore[attr-defined]

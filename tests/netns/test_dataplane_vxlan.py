@@ -145,6 +145,7 @@ async def test_applying_the_same_desired_state_twice_changes_nothing(netns: str)
                 kernel.apply(action, obj)
 
         again = Reconciler(Recording(), network.reconciler.scope)
+        again.enable_prune()
         for group in network.reconciler.groups():
             again.set_group(group, network.reconciler._groups[group])
         assert await asyncio.to_thread(again.reconcile_once)
@@ -156,7 +157,18 @@ async def test_hand_deleted_route_neighbour_and_fdb_come_back(netns: str) -> Non
         sh(netns, "route", "del", "10.5.9.0/24")
         sh(netns, "neigh", "del", "10.5.9.0", "dev", "flannel.1")
         subprocess.run(
-            ["bridge", "-n", netns, "fdb", "del", PEER_MAC, "dev", "flannel.1", "dst", "192.168.77.9"],
+            [
+                "bridge",
+                "-n",
+                netns,
+                "fdb",
+                "del",
+                PEER_MAC,
+                "dev",
+                "flannel.1",
+                "dst",
+                "192.168.77.9",
+            ],
             check=True,
         )
 
@@ -192,7 +204,9 @@ async def test_prune_removes_stale_flannel_state_but_keeps_foreign_objects(netns
     sh(netns, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dev", "eth0", "local",
        UNDERLAY_IP, "dstport", "8472", "nolearning")  # fmt: skip
     sh(netns, "link", "set", "flannel.1", "up")
-    await asyncio.to_thread(kernel.apply, "create", Neigh("flannel.1", "10.5.50.0", "0e:00:00:00:00:50"))
+    await asyncio.to_thread(
+        kernel.apply, "create", Neigh("flannel.1", "10.5.50.0", "0e:00:00:00:00:50")
+    )
     stale = Route("10.5.50.0/24", "flannel.1", "10.5.50.0", onlink=True)
     await asyncio.to_thread(kernel.apply, "create", stale)
     sh(netns, "route", "add", "10.5.60.0/24", "via", "192.168.77.60", "proto", "static")
@@ -214,7 +228,7 @@ async def test_restart_reuses_the_device_and_keeps_the_vtep_mac(netns: str) -> N
 
 
 async def test_removed_and_changed_peers_are_reprogrammed(netns: str) -> None:
-    async with running(netns, peers=(peer_lease(9), peer_lease(10))) as (network, manager):
+    async with running(netns, peers=(peer_lease(9), peer_lease(10))) as (_, manager):
         manager.add_peer(peer_lease(9, mac="0e:aa:bb:cc:dd:99"))
         manager.remove_peer(IPv4Network("10.5.10.0/24"))
         manager.add_peer(peer_lease(11, backend="host-gw"))

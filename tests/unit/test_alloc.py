@@ -75,3 +75,10 @@ def test_config_compatibility(subnet: str, compatible: bool) -> None:
 
 def test_ipv6_subnet_is_incompatible_when_ipv6_is_disabled() -> None:
     assert not is_subnet_config_compat(CFG, IPv4Network("10.3.6.0/24"), IPv6Network("fc00::/64"))
+
+
+def test_a_large_lease_overlapping_many_candidates_blocks_them_all() -> None:
+    cfg = check_network_config(parse_config('{"Network":"10.0.0.0/16"}'))
+    taken = [IPv4Network("10.0.0.0/20"), IPv4Network("10.0.17.0/24"), IPv4Network("10.0.16.0/24")]
+    free = v4_candidates(cfg, taken, limit=3)
+    assert free == [IPv4Network(f"10.0.{n}.0/24") for n in (18, 19, 20)]

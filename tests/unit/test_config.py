@@ -39,7 +39,7 @@ def test_empty_or_null_backend_means_empty_type() -> None:
 
 
 def test_backend_that_is_not_an_object_is_a_decoding_error() -> None:
-    with pytest.raises(ConfigError, match="^error decoding Backend property of config: "):
+    with pytest.raises(ConfigError, match=r"^error decoding Backend property of config: "):
         parse_config('{"Network":"10.0.0.0/8","Backend":"vxlan"}')
 
 

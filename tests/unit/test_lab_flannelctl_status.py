@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 
-from flannel.cli.status import annotation_names, node_lease, render_status, render_table, view_of
+from flannel.cli.status import render_status, render_table, view_of
 from flannel.model.lease import Lease, LeaseAttrs
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -64,23 +64,3 @@ def test_status_summarises_network_backend_and_counts() -> None:
     text = render_status(config, views, NOW)
     assert text.splitlines()[0] == "network 10.5.0.0/16, backend vxlan"
     assert "2 leases (1 reservations)" in text
-
-
-def test_a_kube_node_becomes_a_lease_from_its_pod_cidr_and_annotations() -> None:
-    annotations = {
-        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-        "flannel.alpha.coreos.com/backend-type": "vxlan",
-        "flannel.alpha.coreos.com/backend-data": '{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}',
-        "flannel.alpha.coreos.com/public-ip": "192.168.100.12",
-    }
-    got = node_lease("node2", annotations, ["10.5.2.0/24"], "flannel.alpha.coreos.com")
-    view = view_of(got, "node2", kube=True)
-    assert (view.node, view.subnet, view.public_ip) == ("node2", "10.5.2.0/24", "192.168.100.12")
-    assert view.vtep_mac == "12:c6:65:89:b4:e3"
-
-
-def test_annotation_prefixes_are_normalised_as_upstream() -> None:
-    assert annotation_names("example.com/pfx")["public-ip"] == "example.com/pfx-public-ip"
-    assert annotation_names("flannel.alpha.coreos.com")["backend-data"] == (
-        "flannel.alpha.coreos.com/backend-data"
-    )

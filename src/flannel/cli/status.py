@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from flannel.model.config import NetworkConfig
 from flannel.model.lease import EventType, Lease, LeaseAttrs
 
 SNAPSHOT_TIMEOUT = 5.0
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,11 +162,17 @@ def add_datastore_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kube-api-url", default="")
     parser.add_argument("--kubeconfig-file", default="")
     parser.add_argument("--kube-annotation-prefix", default="flannel.alpha.coreos.com")
+    parser.add_argument(
+        "--net-config-path",
+        default="/etc/kube-flannel/net-conf.json",
+        help="kube mode: net-conf.json to show (skipped when absent)",
+    )
 
 
 def _collect(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[LeaseView]]:
     if args.kube_subnet_mgr:
-        return _read_kube(args)
+        _none, views = asyncio.run(_read_kube(args))
+        return _kube_config(args.net_config_path), views
     return asyncio.run(_read_etcd(args))
 
 
@@ -231,72 +239,50 @@ async def _read_etcd(args: argparse.Namespace) -> tuple[dict[str, Any] | None, l
     return config, [view_of(lease) for lease in leases]
 
 
-def _kube_client(args: argparse.Namespace) -> Any:
-    """A lightkube client from --kubeconfig-file / --kube-api-url (both empty: in-cluster)."""
-    from lightkube import Client, KubeConfig
+def _kube_config(path: str) -> dict[str, Any] | None:
+    """In kube mode the config is a file on each node, not in the datastore."""
+    from pathlib import Path
 
-    if args.kubeconfig_file:  # its credentials matter more than a bare URL
-        config = KubeConfig.from_file(args.kubeconfig_file)
-    elif args.kube_api_url:
-        config = KubeConfig.from_server(args.kube_api_url)
-    else:
-        config = KubeConfig.from_env()
-    return Client(config=config)
+    from flannel.model.config import parse_config
 
-
-def annotation_names(prefix: str) -> dict[str, str]:
-    """Upstream's annotation-prefix normalisation (``flannel.alpha.coreos.com`` → ``…/``)."""
-    if "/" not in prefix:
-        prefix += "/"
-    if not prefix.endswith(("/", "-")):
-        prefix += "-"
-    suffixes = ("kube-subnet-manager", "backend-type", "backend-data", "public-ip", "public-ipv6")
-    return {suffix: prefix + suffix for suffix in suffixes}
-
-
-def node_lease(name: str, annotations: dict[str, str], pod_cidrs: list[str], prefix: str) -> Lease:
-    """A kube node's lease (pure): podCIDR(s) plus flannel's annotations."""
-    from ipaddress import IPv4Network, IPv6Network
-
-    names = annotation_names(prefix)
-    v4 = next((c for c in pod_cidrs if ":" not in c), None)
-    v6 = next((c for c in pod_cidrs if ":" in c), None)
-    body: dict[str, Any] = {"PublicIP": annotations.get(names["public-ip"]) or "0.0.0.0"}
-    body["PublicIPv6"] = annotations.get(names["public-ipv6"]) or None
-    body["BackendType"] = annotations.get(names["backend-type"], "")
-    raw_data = annotations.get(names["backend-data"])
-    if raw_data and raw_data != "null":
-        body["BackendData"] = json.loads(raw_data)
-    attrs = LeaseAttrs.from_json(json.dumps(body))
-    return Lease(
-        subnet=None if v4 is None else IPv4Network(v4),
-        ipv6_subnet=None if v6 is None else IPv6Network(v6),
-        attrs=attrs,
-    )
-
-
-def _read_kube(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[LeaseView]]:
-    """Nodes flannel manages (annotation kube-subnet-manager=true), one lease each."""
-    from lightkube.core.exceptions import ApiError
-    from lightkube.resources.core_v1 import Node
-
-    names = annotation_names(args.kube_annotation_prefix)
     try:
-        nodes = list(_kube_client(args).list(Node))
-    except (ApiError, OSError) as exc:
-        raise DatastoreError(
-            f"listing nodes at {args.kube_api_url or 'in-cluster'}: {exc}"
-        ) from exc
-    except Exception as exc:  # httpx transport errors and kubeconfig problems, named once
-        raise DatastoreError(f"Kubernetes API {args.kube_api_url or 'in-cluster'}: {exc}") from exc
+        return config_summary(parse_config(Path(path).read_text()))
+    except (OSError, ConfigError):
+        return None
+
+
+async def _read_kube(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[LeaseView]]:
+    """Nodes flannel manages (annotation kube-subnet-manager=true), one lease each, read with the
+    kube subnet manager's own client and node→lease translation."""
+    from flannel.model.kubenode import AnnotationNames, is_managed, node_to_lease
+    from flannel.subnet.kube_client import KubeApi, make_client
+
+    names = AnnotationNames.for_prefix(args.kube_annotation_prefix)
+    api = KubeApi(make_client(settings_from_args(args)))
+    try:
+        _version, nodes = await api.list_nodes()
+    finally:
+        await api.close()
     views = []
     for node in nodes:
-        annotations = dict(node.metadata.annotations or {})
-        if annotations.get(names["kube-subnet-manager"]) != "true":
+        annotations = dict(node.metadata.annotations or {}) if node.metadata else {}
+        if not is_managed(annotations, names) or node.spec is None or node.metadata is None:
             continue
-        cidrs = list(node.spec.podCIDRs or ([node.spec.podCIDR] if node.spec.podCIDR else []))
-        lease = node_lease(node.metadata.name, annotations, cidrs, args.kube_annotation_prefix)
-        views.append(view_of(lease, node.metadata.name, kube=True))
+        name = str(node.metadata.name)
+        try:
+            lease = node_to_lease(
+                node_name=name,
+                annotations=annotations,
+                pod_cidr=node.spec.podCIDR,
+                pod_cidrs=list(node.spec.podCIDRs or []),
+                names=names,
+                enable_ipv4=bool(annotations.get(names.public_ip)),
+                enable_ipv6=bool(annotations.get(names.public_ipv6)),
+            )
+        except FlannelError as exc:
+            logger.warning("node %s: %s", name, exc)
+            continue
+        views.append(view_of(lease, name, kube=True))
     return None, views
 
 

@@ -79,7 +79,9 @@ class PeerNetwork:
         """Apply the first snapshot, then reconcile continuously while feeding later batches."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.reconciler.run(), name="dataplane-reconciler")
-            tasks.create_task(watch_drift(self.reconciler, netns=self.netns), name="dataplane-drift")
+            tasks.create_task(
+                watch_drift(self.reconciler, netns=self.netns), name="dataplane-drift"
+            )
             grace = tasks.create_task(self._enable_prune_later(), name="dataplane-prune-grace")
             async for batch in events:
                 self.handle_batch(batch)

@@ -175,7 +175,7 @@ class Lab:
     def _add_pod_unsaved(self, node: LabNode) -> dict[str, object]:
         with self._lock:
             bin_dir = self.spec.state_dir / "bin"
-            if not (bin_dir / "flannel").exists():
+            if not bin_dir.exists():
                 pods.install_plugin(bin_dir, bin_dir / "net.d")
             number = self._state.next_pod_number.get(node.name, 0) + 1
             self._state.next_pod_number[node.name] = number

@@ -37,7 +37,8 @@ def run_demo(
         progress(render_status(lab))
         progress("\n== flannelctl status (inside the fabric namespace) ==")
         result = lab.run(lab.fabric_netns, *status_argv(lab), check=False)
-        progress((result.stdout + result.stderr).rstrip())
+        shown = result.stdout if result.returncode == 0 else result.stdout + result.stderr
+        progress(shown.rstrip())
         progress("\n== connectivity check ==")
         report = lab.check()
         progress(report.render())

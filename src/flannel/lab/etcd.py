@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import signal
 import subprocess
 import time
@@ -20,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 ETCD_BINARY = "/usr/bin/etcd"
 ETCDCTL_BINARY = "/usr/bin/etcdctl"
+# etcd 3.4 refuses to start elsewhere unless ETCD_UNSUPPORTED_ARCH names the (Go) architecture.
+SUPPORTED_ARCHES = ("x86_64", "aarch64", "ppc64le")
+ETCD_ARCH_NAMES = {"armv7l": "arm", "i686": "386", "s390x": "s390x", "riscv64": "riscv64"}
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,10 @@ class EtcdServer:
     def start(self, timeout: float = 30) -> None:
         """Spawn etcd and wait until it reports healthy; raises RuntimeError with its log tail."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")}
-        if not env["ETCD_UNSUPPORTED_ARCH"]:
-            env.pop("ETCD_UNSUPPORTED_ARCH")
+        env = dict(os.environ)
+        machine = platform.machine()
+        if machine not in SUPPORTED_ARCHES:
+            env.setdefault("ETCD_UNSUPPORTED_ARCH", ETCD_ARCH_NAMES.get(machine, machine))
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(

@@ -75,7 +75,12 @@ def status_argv(lab: Lab) -> list[str]:
     """``flannelctl status`` against the lab's datastore (run inside the fabric namespace)."""
     argv = [flannelctl_program(), "status"]
     if lab.spec.datastore == "kube":
-        return [*argv, "--kube-subnet-mgr", f"--kube-api-url={lab.apiserver_url}"]
+        return [
+            *argv,
+            "--kube-subnet-mgr",
+            f"--kube-api-url={lab.apiserver_url}",
+            f"--net-config-path={lab.spec.state_dir / 'net-conf.json'}",
+        ]
     return [*argv, f"--etcd-endpoints={lab.etcd_endpoint}"]
 
 

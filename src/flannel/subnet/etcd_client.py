@@ -80,6 +80,25 @@ def _is_stale_token(exc: BaseException) -> bool:
     return "invalid auth token" in text or "auth token is expired" in text
 
 
+class ChannelClosedError(ConnectionError):
+    """Our channel was closed under an in-flight call (another call failed over)."""
+
+
+async def _uncancelled(call: Awaitable[T]) -> T:
+    """Await a gRPC call; a local cancel we did not ask for becomes a retryable connection error.
+
+    grpc.aio raises CancelledError in every call on a channel that is closed, and a CancelledError
+    escaping here would look like the caller's task being cancelled.
+    """
+    try:
+        return await call
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise ChannelClosedError("etcd channel closed during the call") from None
+
+
 class _Client(aetcd.Client):  # type: ignore[misc]
     """aetcd.Client whose channel is TLS when client credentials are given."""
 
@@ -202,9 +221,11 @@ class EtcdClient:
         for _ in range(len(self.endpoints) + 1):
             client = self._current()
             try:
-                return await op(client)
+                return await _uncancelled(op(client))
             except (TimeoutError, aetcd.ClientError, grpc.aio.AioRpcError, OSError) as exc:
                 last = exc
+                if isinstance(exc, ChannelClosedError):
+                    continue  # another call already moved on; retry on the current endpoint
                 if _is_stale_token(exc):
                     await self._drop(client)  # re-authenticate on the same endpoint
                     continue
@@ -331,6 +352,12 @@ class EtcdClient:
         except grpc.aio.AioRpcError as exc:
             await self._fail_over(client, exc)
             raise DatastoreError(f"etcd watch {key} at {self.endpoint}: {exc.details()}") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled
+            # The channel was closed under the stream (another call failed over): reconnect.
+            raise DatastoreError(f"etcd watch {key}: the connection was closed") from None
         finally:
             stop.set()
             call.cancel()

@@ -80,6 +80,7 @@ class LeaseDecoder:
         self.client = client
         self.with_ttl = with_ttl
         self._reported: set[str] = set()
+        self._decoded: dict[str, tuple[int, Lease | None]] = {}
 
     def _bad(self, key: str, exc: Exception) -> None:
         if key not in self._reported:
@@ -96,6 +97,15 @@ class LeaseDecoder:
 
     async def lease(self, kv: KeyValue) -> Lease | None:
         """The lease stored at ``kv``, or None (logged once) if the key or value is malformed."""
+        cached = self._decoded.get(kv.key)
+        if cached is not None and cached[0] == kv.mod_revision and not self.with_ttl:
+            return cached[1]  # re-lists during acquisition see mostly unchanged keys
+        lease = await self._decode(kv)
+        if not self.with_ttl:
+            self._decoded[kv.key] = (kv.mod_revision, lease)
+        return lease
+
+    async def _decode(self, kv: KeyValue) -> Lease | None:
         try:
             subnet, ipv6_subnet = parse_subnet_key(kv.key)
             attrs = LeaseAttrs.from_json(kv.value)

@@ -1,0 +1,118 @@
+"""The reconciler against a recording fake kernel: apply, idempotence, backoff, kept desired state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flannel.dataplane.objects import KernelObject, Link, Route, VxlanParams
+from flannel.dataplane.plan import Scope
+from flannel.dataplane.reconciler import Reconciler
+from flannel.errors import KernelError
+
+SCOPE = Scope(frozenset({"flannel.1"}), ("10.5.0.0/16",))
+LINK = Link("flannel.1", vxlan=VxlanParams(vni=1), mtu=1450)
+ROUTE = Route("10.5.9.0/24", "flannel.1", "10.5.9.0", onlink=True)
+
+
+class FakeKernel:
+    """Keeps objects by key, records operations, can fail chosen objects or reads."""
+
+    def __init__(self) -> None:
+        self.objects: dict[Any, KernelObject] = {}
+        self.ops: list[tuple[str, KernelObject]] = []
+        self.failing: set[Any] = set()
+        self.read_fails = 0
+
+    def read_state(self) -> list[KernelObject]:
+        if self.read_fails:
+            self.read_fails -= 1
+            raise KernelError("dump kernel state: ENOBUFS")
+        return list(self.objects.values())
+
+    def apply(self, action: str, obj: KernelObject) -> None:
+        self.ops.append((action, obj))
+        if obj.key in self.failing:
+            raise KernelError(f"{action} {obj}: EINVAL")
+        if action == "delete":
+            self.objects.pop(obj.key, None)
+        else:
+            self.objects[obj.key] = obj
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_second_pass_over_applied_state_does_nothing() -> None:
+    kernel = FakeKernel()
+    rec = Reconciler(kernel, SCOPE)
+    rec.set_group("self", [LINK])
+    rec.set_group("peer", [ROUTE])
+    assert rec.reconcile_once()
+    count = len(kernel.ops)
+    assert rec.reconcile_once()
+    assert len(kernel.ops) == count == 2
+
+
+def test_failed_object_backs_off_exponentially_while_others_proceed() -> None:
+    kernel, clock = FakeKernel(), Clock()
+    other = Route("10.5.10.0/24", "flannel.1", "10.5.10.0", onlink=True)
+    kernel.failing.add(ROUTE.key)
+    rec = Reconciler(kernel, SCOPE, base_backoff=1.0, clock=clock)
+    rec.set_group("self", [LINK])
+    rec.set_group("a", [ROUTE])
+    rec.set_group("b", [other])
+    assert not rec.reconcile_once()
+    assert other.key in kernel.objects
+    tries = sum(1 for _, o in kernel.ops if o == ROUTE)
+    rec.reconcile_once()  # still inside the 1 s backoff: not retried
+    assert sum(1 for _, o in kernel.ops if o == ROUTE) == tries
+    clock.now = 1.5
+    rec.reconcile_once()
+    assert sum(1 for _, o in kernel.ops if o == ROUTE) == tries + 1
+    clock.now = 2.5  # second failure doubled the delay to 2 s (until 3.5)
+    rec.reconcile_once()
+    assert sum(1 for _, o in kernel.ops if o == ROUTE) == tries + 1
+    kernel.failing.clear()
+    clock.now = 4.0
+    assert rec.reconcile_once()
+    assert ROUTE.key in kernel.objects and rec.metrics.failures == 2
+
+
+def test_failed_read_keeps_desired_state_for_the_next_pass() -> None:
+    kernel = FakeKernel()
+    kernel.read_fails = 1
+    rec = Reconciler(kernel, SCOPE)
+    rec.set_group("self", [LINK, ROUTE])
+    assert not rec.reconcile_once()
+    assert rec.reconcile_once()
+    assert set(kernel.objects) == {LINK.key, ROUTE.key}
+
+
+def test_removed_group_is_pruned_only_once_pruning_is_enabled() -> None:
+    kernel = FakeKernel()
+    rec = Reconciler(kernel, SCOPE)
+    rec.set_group("self", [LINK])
+    rec.set_group("peer", [ROUTE])
+    rec.reconcile_once()
+    rec.remove_group("peer")
+    rec.reconcile_once()
+    assert ROUTE.key in kernel.objects
+    rec.enable_prune()
+    rec.reconcile_once()
+    assert ROUTE.key not in kernel.objects and rec.metrics.pruned == 1
+
+
+def test_drift_is_repaired_and_counted() -> None:
+    kernel = FakeKernel()
+    rec = Reconciler(kernel, SCOPE)
+    rec.set_group("self", [LINK, ROUTE])
+    rec.reconcile_once()
+    del kernel.objects[ROUTE.key]
+    rec.poke(drift=True)
+    rec.reconcile_once()
+    assert ROUTE.key in kernel.objects and rec.metrics.drift_repairs == 1
