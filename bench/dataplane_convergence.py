@@ -62,6 +62,15 @@ def count_routes(ns: str) -> int:
     return sh("ip", "-n", ns, "route", "show", "dev", "flannel.1").count("onlink")
 
 
+async def wait_routes(ns: str, want: int, timeout: float = 300.0) -> None:
+    """Poll until ``want`` peer routes exist; give up loudly rather than hang a bench run."""
+    deadline = time.monotonic() + timeout
+    while (have := count_routes(ns)) < want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {have} of {want} routes programmed after {timeout:.0f}s")
+        await asyncio.sleep(0.02)
+
+
 def baseline(count: int) -> float:
     """Seconds for `ip -batch` to program ``count`` peers on a hand-made vxlan device."""
     ns = make_netns()
@@ -76,9 +85,10 @@ def baseline(count: int) -> float:
             ipb.append(f"neigh replace {gw} lladdr {mac} dev flannel.1 nud permanent")
             ipb.append(f"route replace {subnet} via {gw} dev flannel.1 onlink")
             brb.append(f"fdb replace {mac} dev flannel.1 dst {public} self permanent")
-        with tempfile.NamedTemporaryFile("w", suffix=".batch") as f1, tempfile.NamedTemporaryFile(
-            "w", suffix=".batch"
-        ) as f2:
+        with (
+            tempfile.NamedTemporaryFile("w", suffix=".batch") as f1,
+            tempfile.NamedTemporaryFile("w", suffix=".batch") as f2,
+        ):
             f1.write("\n".join(ipb) + "\n")
             f2.write("\n".join(brb) + "\n")
             f1.flush()
@@ -99,23 +109,28 @@ async def daemon_path() -> tuple[float, float]:
     try:
         index = json.loads(sh("ip", "-n", ns, "-j", "link", "show", "eth0"))[0]["ifindex"]
         addr = IPv4Address("172.16.0.1")
-        conf = check_network_config(parse_config('{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}'))
-        manager = MemorySubnetManager(conf, leases=[lease(i) for i in range(AT_START)])
+        conf = check_network_config(
+            parse_config('{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}')
+        )
+        # Our own subnet is pinned far from the peers' 10.0.x-10.4.x so no later peer collides with it.
+        manager = MemorySubnetManager(
+            conf,
+            leases=[lease(i) for i in range(AT_START)],
+            prev_subnet=IPv4Network("10.255.254.0/24"),
+        )
         ext = ExternalInterface("eth0", index, 1500, addr, None, addr, None)
         start = time.perf_counter()
         network = await VxlanBackend(netns=ns).register_network(
             BackendContext(conf, dict(conf.backend or {}), ext, manager)
         )
         task = asyncio.create_task(network.run(manager.watch_leases(network.lease)))
-        while count_routes(ns) < AT_START:
-            await asyncio.sleep(0.02)
+        await wait_routes(ns, AT_START)
         initial = time.perf_counter() - start
         for i in range(AT_START, AT_START + WHILE_RUNNING):
             manager.add_peer(lease(i))
             await asyncio.sleep(0)
         last_write = time.perf_counter()
-        while count_routes(ns) < AT_START + WHILE_RUNNING:
-            await asyncio.sleep(0.02)
+        await wait_routes(ns, AT_START + WHILE_RUNNING)
         running = time.perf_counter() - last_write
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

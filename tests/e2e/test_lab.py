@@ -139,3 +139,29 @@ def test_the_cli_brings_a_lab_up_and_a_later_down_removes_it(tmp_path: Path) -> 
     assert down.returncode == 0, down.stderr
     assert netns.list_with_prefix(f"{prefix}-") == []
     assert not state_dir.exists()
+
+
+def test_a_kube_datastore_lab_passes_its_check_and_status_lists_its_nodes(
+    lab_factory: LabFactory,
+) -> None:
+    lab = lab_factory(nodes=2, pods_per_node=1, datastore="kube")
+    report = lab.check()
+    assert report.ok, report.render()
+    result = lab.run(
+        lab.fabric_netns,
+        FLANNELCTL,
+        "status",
+        "--kube-subnet-mgr",
+        f"--kube-api-url={lab.apiserver_url}",
+        f"--net-config-path={lab.spec.state_dir / 'net-conf.json'}",
+        "-o",
+        "json",
+    )
+    status = json.loads(result.stdout)
+    assert status["network"]["Network"] == lab.spec.network
+    by_node = {lease["node"]: lease for lease in status["leases"]}
+    assert set(by_node) == {node.name for node in lab.nodes}
+    for node in lab.nodes:
+        subnet = ipaddress.ip_interface(lab.subnet_env(node)["FLANNEL_SUBNET"]).network
+        assert by_node[node.name]["subnet"] == str(subnet)
+        assert by_node[node.name]["public_ip"] == node.underlay_ip

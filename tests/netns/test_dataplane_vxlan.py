@@ -104,6 +104,7 @@ async def running(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        await network.close()
 
 
 def routes(ns: str) -> list[dict[str, Any]]:
@@ -148,7 +149,10 @@ async def test_applying_the_same_desired_state_twice_changes_nothing(netns: str)
         again.enable_prune()
         for group in network.reconciler.groups():
             again.set_group(group, network.reconciler._groups[group])
-        assert await asyncio.to_thread(again.reconcile_once)
+        try:
+            assert await asyncio.to_thread(again.reconcile_once)
+        finally:
+            await asyncio.to_thread(kernel.close)
         assert recorded == []
 
 
@@ -209,6 +213,7 @@ async def test_prune_removes_stale_flannel_state_but_keeps_foreign_objects(netns
     )
     stale = Route("10.5.50.0/24", "flannel.1", "10.5.50.0", onlink=True)
     await asyncio.to_thread(kernel.apply, "create", stale)
+    await asyncio.to_thread(kernel.close)
     sh(netns, "route", "add", "10.5.60.0/24", "via", "192.168.77.60", "proto", "static")
     sh(netns, "neigh", "add", "192.168.77.99", "lladdr", "0e:00:00:00:00:99", "dev", "eth0")
     async with running(netns, peers=(peer_lease(9),)) as _:

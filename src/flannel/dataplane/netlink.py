@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as errno_mod
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
@@ -166,7 +167,11 @@ def ensure_blackhole_route(net: IPv4Network | IPv6Network) -> None:
     if has_blackhole_route(net):
         return
     # proto boot, as upstream's netlink.RouteAdd: not flannel-tagged, so prune never removes it.
-    NetlinkKernel().apply("create", Route(dst=str(net), type="blackhole", protocol=RTPROT_BOOT))
+    kernel = NetlinkKernel()
+    try:
+        kernel.apply("create", Route(dst=str(net), type="blackhole", protocol=RTPROT_BOOT))
+    finally:
+        kernel.close()
 
 
 # ---------------------------------------------------------------- reconciler-facing kernel
@@ -177,10 +182,44 @@ class NetlinkKernel:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _socket(self) -> Iterator[Any]:
+        """One cached socket per worker thread (pyroute2's sync IPRoute is not thread-safe); a
+        socket that failed is dropped so the next call starts clean (e.g. after ENOBUFS)."""
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is None:
+            try:
+                ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
+            except (NetlinkError, OSError) as exc:
+                raise kernel_error(
+                    f"open netlink socket (netns {self.netns or 'current'})", exc
+                ) from exc
+            self._local.ipr = ipr
+            with self._lock:
+                self._opened.append(ipr)
+        try:
+            yield ipr
+        except KernelError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and not isinstance(cause, NetlinkError):  # e.g. ENOBUFS
+                self._local.ipr = None
+                ipr.close()
+            raise
+
+    def close(self) -> None:
+        """Close every cached socket (call from the owner at shutdown)."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for ipr in opened:
+            ipr.close()
 
     def read_state(self) -> list[KernelObject]:
         """Every link and address, permanent neighbours/FDB entries and main-table routes."""
-        with _ipr(self.netns) as ipr:
+        with self._socket() as ipr:
             try:
                 links = ipr.get_links()
                 names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in links}
@@ -198,7 +237,7 @@ class NetlinkKernel:
 
     def apply(self, action: str, obj: KernelObject) -> None:
         """Perform ``action`` (create/update/delete) on ``obj``; KernelError names the object."""
-        with _ipr(self.netns) as ipr:
+        with self._socket() as ipr:
             try:
                 _APPLY[type(obj)](ipr, action, obj)
             except (NetlinkError, OSError) as exc:

@@ -95,4 +95,9 @@ class PeerNetwork:
         self.reconciler.enable_prune()
 
     async def close(self) -> None:
-        """Kernel state stays in place at shutdown so traffic keeps flowing across a restart."""
+        """Kernel state stays in place at shutdown so traffic keeps flowing across a restart;
+        only the netlink sockets are released."""
+        close = getattr(self.reconciler.kernel, "close", None)
+        if close is not None:
+            # pyroute2's sync close runs its own loop: never on the event loop's thread.
+            await asyncio.to_thread(close)

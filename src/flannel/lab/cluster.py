@@ -139,7 +139,8 @@ class Lab:
                 list(pool.map(self._add_pod_unsaved, jobs))
             self._state.pods.sort(key=lambda p: (p["node"], p["number"]))
             self._state.save()
-            self._say(f"{len(self._state.pods)} pods created through CNI")
+            how = "CNI" if pods.real_cni_available() else "the bridge stand-in (no flannel.cni)"
+            self._say(f"{len(self._state.pods)} pods created through {how}")
         self._state.up = True
         self._state.save()
 
