@@ -3,7 +3,7 @@
 Deliberate differences from Go flannel, all in the user's favour:
 - DEL keeps the saved delegate config when the delegate's DEL fails, so the runtime's retry can
   finish the cleanup (Go removes it and the IP reservation can leak).
-- CHECK runs the delegate's CHECK with the saved config (the spec asks plugins to); Go's is a no-op.
+- CHECK reports an unknown container (code 3) instead of always succeeding.
 - STATUS (1.1.0) reports code 50 while flanneld has not written a usable subnet.env.
 - GC (1.1.0) deletes saved configs (and their delegate state) of attachments the runtime no longer
   knows, so /var/lib/cni/flannel does not grow forever.
@@ -236,24 +236,19 @@ def cmd_del(conf: dict[str, Any], env: Mapping[str, str]) -> bytes:
 
 
 def cmd_check(conf: dict[str, Any], env: Mapping[str, str]) -> bytes:
-    """Run the delegate's CHECK with the saved config and the runtime's prevResult."""
+    """Succeed when the container is known (its saved delegate config exists).
+
+    The spec asks plugins to CHECK their delegates, but Debian's bridge 1.1.1 rejects every result
+    flannel produces (its routes carry no gateway while the kernel route does: verified), so like
+    upstream we do not call the delegate; unlike upstream we report an unknown container (code 3).
+    """
     netconf = _load(conf, "failed to load netconf: ")
     path = _saved_path(netconf, env["CNI_CONTAINERID"])
-    saved = _read_saved(path)
-    if saved is None:
+    if _read_saved(path) is None:
         raise CniError(
             UNKNOWN_CONTAINER,
             f"no saved delegate config {path}: ADD was not run for this container",
         )
-    delegate = json.loads(saved)
-    if _version_tuple(str(delegate.get("cniVersion") or "0.1.0")) < (0, 4, 0):
-        return b""  # the delegate cannot CHECK a pre-0.4.0 config
-    if "prevResult" in conf:
-        delegate["prevResult"] = conf["prevResult"]
-    plugin = invoke.find_in_path(str(delegate.get("type", "")), invoke.cni_paths(env))
-    status, stdout, stderr = invoke.run(plugin, "CHECK", gojson.marshal(delegate), env)
-    if status != 0:
-        raise invoke.delegate_error(status, stdout, stderr)
     return b""
 
 
