@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,12 +67,7 @@ def run_program(program: Program) -> dict[str, Any]:
         try:
             code = proc.wait(timeout=program.timeout)
         except subprocess.TimeoutExpired:
-            proc.terminate()  # our own child, by PID; its finally blocks clean its namespaces
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
             return {
                 **entry,
                 "status": "not run",
@@ -88,6 +84,18 @@ def run_program(program: Program) -> dict[str, Any]:
     except ValueError as exc:
         return {**entry, "status": "not run", "reason": f"{result_file.name} is not JSON: {exc}"}
     return {**entry, "status": "ok", "result": data}
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End an overdue program by its PID: SIGINT first (Python runs its finally blocks, so it
+    removes its namespaces), then SIGTERM, then SIGKILL."""
+    for sig, grace in ((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:

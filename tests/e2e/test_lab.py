@@ -165,3 +165,19 @@ def test_a_kube_datastore_lab_passes_its_check_and_status_lists_its_nodes(
         subnet = ipaddress.ip_interface(lab.subnet_env(node)["FLANNEL_SUBNET"]).network
         assert by_node[node.name]["subnet"] == str(subnet)
         assert by_node[node.name]["public_ip"] == node.underlay_ip
+
+
+def test_a_pod_added_later_is_reachable_and_its_delete_releases_the_ip(
+    lab_factory: LabFactory,
+) -> None:
+    lab = lab_factory(nodes=2, pods_per_node=1)
+    node2 = lab.nodes[1]
+    pod = lab.add_pod(node2)
+    assert pod in lab.pods
+    lab.run(lab.pods[0].netns, "ping", "-c1", "-W2", pod.ip)
+    reserved = node2.subnet_file.parent / "cni" / "networks" / "cbr0" / pod.ip
+    assert reserved.exists()
+    lab.delete_pod(pod)
+    assert pod not in lab.pods
+    assert not netns.exists(pod.netns)
+    assert not reserved.exists()

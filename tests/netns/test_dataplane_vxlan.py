@@ -8,8 +8,9 @@ import secrets
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
 
 import pytest
@@ -261,3 +262,50 @@ def test_scope_never_owns_routes_outside_the_cluster_network() -> None:
     scope = Scope(frozenset({"flannel.1"}), ("10.5.0.0/16",))
     assert not scope.owns(Route("10.6.0.0/24", "flannel.1", "10.6.0.0"))
     assert scope.owns(Route("10.5.3.0/24", "flannel.1", "10.5.3.0"))
+
+
+async def test_dual_stack_programs_flannel_v6_with_the_v6_peer(netns: str) -> None:
+    sh(netns, "addr", "add", "fd77::2/64", "dev", "eth0", "nodad")
+    conf = check_network_config(
+        parse_config(
+            '{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00:5::/48",'
+            '"Backend":{"Type":"vxlan"}}'
+        )
+    )
+    mac6 = "0e:aa:bb:cc:66:09"
+    attrs = LeaseAttrs(
+        IPv4Address("192.168.77.9"),
+        IPv6Address("fd77::9"),
+        "vxlan",
+        '{"VNI":1,"VtepMAC":"0e:aa:bb:cc:dd:09"}',
+        f'{{"VNI":1,"VtepMAC":"{mac6}"}}',
+    )
+    peer = Lease(
+        IPv4Network("10.5.9.0/24"),
+        attrs,
+        IPv6Network("fc00:5:0:9::/64"),
+        expiration=datetime.now(UTC) + timedelta(hours=1),
+        enable_ipv6=True,
+    )
+    manager = MemorySubnetManager(conf, leases=[peer])
+    base = ext_iface(netns)
+    ext = replace(base, iface_v6_addr=IPv6Address("fd77::2"), ext_v6_addr=IPv6Address("fd77::2"))
+    network = await VxlanBackend(netns=netns).register_network(
+        BackendContext(conf, {"Type": "vxlan"}, ext, manager)
+    )
+    task = asyncio.create_task(network.run(manager.watch_leases(network.lease)))
+    try:
+        await asyncio.sleep(0)
+        await asyncio.wait_for(network.reconciler.wait_reconciled(), 20)
+        v6routes = json.loads(sh(netns, "-6", "-j", "route", "show", "dev", "flannel-v6.1"))
+        assert any(
+            r["dst"] == "fc00:5:0:9::/64" and r["gateway"] == "fc00:5:0:9::" for r in v6routes
+        )
+        assert [(e["mac"], e["dst"]) for e in bridge_fdb(netns, "flannel-v6.1")] == [
+            (mac6, "fd77::9")
+        ]
+        assert '"VtepMAC"' in (network.lease.attrs.backend_v6_data or "")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await network.close()

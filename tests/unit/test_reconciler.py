@@ -116,3 +116,37 @@ def test_drift_is_repaired_and_counted() -> None:
     rec.poke(drift=True)
     rec.reconcile_once()
     assert ROUTE.key in kernel.objects and rec.metrics.drift_repairs == 1
+
+
+def netlink_message(msg_type: int, *, state: int = 0) -> bytes:
+    """A minimal rtnetlink message: nlmsghdr + ndmsg-sized body (state at body offset 8)."""
+    import struct
+
+    body = struct.pack("=BBHiHBB", 2, 0, 0, 4, state, 0, 0)
+    return struct.pack("=IHHII", 16 + len(body), msg_type, 0, 0, 0) + body
+
+
+def test_arp_churn_does_not_wake_the_reconciler_but_deletions_do() -> None:
+    from flannel.dataplane.events import RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWNEIGH, relevant
+
+    assert not relevant(netlink_message(RTM_NEWNEIGH, state=0x02))  # REACHABLE on the underlay
+    assert relevant(netlink_message(RTM_NEWNEIGH, state=0x80))  # someone rewrote a PERMANENT one
+    assert relevant(netlink_message(RTM_DELNEIGH))
+    assert relevant(netlink_message(RTM_NEWNEIGH, state=0x02) + netlink_message(RTM_DELROUTE))
+
+
+async def test_run_loop_survives_a_failed_dump_and_reaches_the_desired_state() -> None:
+    import asyncio
+
+    kernel = FakeKernel()
+    kernel.read_fails = 2
+    rec = Reconciler(kernel, SCOPE, resync_seconds=3600, base_backoff=0.01)
+    rec.set_group("self", [LINK, ROUTE])
+    task = asyncio.create_task(rec.run())
+    try:
+        await asyncio.wait_for(rec.wait_reconciled(), 10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert set(kernel.objects) == {LINK.key, ROUTE.key}
+    assert kernel.read_fails == 0 and rec.metrics.failures == 2

@@ -6,11 +6,15 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from flannel.backend.hostgw import peer_routes
-from flannel.backend.vxlan import VxlanConfig, backend_data, peer_objects, random_mac
-from flannel.dataplane.objects import Fdb, Neigh, Route
+from flannel.backend.base import BackendContext
+from flannel.backend.hostgw import NAT_MESSAGE, HostGwBackend, peer_routes
+from flannel.backend.vxlan import VxlanBackend, VxlanConfig, backend_data, peer_objects, random_mac
+from flannel.dataplane.objects import Addr, Fdb, KernelObject, Link, Neigh, Route, VxlanParams
 from flannel.errors import BackendError
+from flannel.model.config import check_network_config, parse_config
+from flannel.model.iface import ExternalInterface
 from flannel.model.lease import Lease, LeaseAttrs
+from flannel.subnet.memory import MemorySubnetManager
 
 
 def lease(data: str | None, backend: str = "vxlan", v6: bool = False) -> Lease:
@@ -75,3 +79,93 @@ def test_backend_data_text_is_byte_identical_to_upstream() -> None:
 def test_random_mac_is_locally_administered_unicast() -> None:
     first = int(random_mac().split(":")[0], 16)
     assert first & 0x02 and not first & 0x01
+
+
+# ---------------------------------------------------------------- register_network with a fake kernel
+
+
+CONF = check_network_config(parse_config('{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'))
+EXT = ExternalInterface("eth0", 2, 1500, IPv4Address("192.168.1.2"), None, IPv4Address("192.168.1.2"), None)  # fmt: skip
+
+
+class FakeKernel:
+    def __init__(self, objects: list[KernelObject]) -> None:
+        self.objects = {o.key: o for o in objects}
+        self.ops: list[tuple[str, KernelObject]] = []
+
+    def read_state(self) -> list[KernelObject]:
+        return list(self.objects.values())
+
+    def apply(self, action: str, obj: KernelObject) -> None:
+        self.ops.append((action, obj))
+        if action == "delete":
+            self.objects.pop(obj.key, None)
+        else:
+            self.objects[obj.key] = obj
+
+
+def ctx(stored: tuple[str | None, str | None] = (None, None), backend: dict[str, object] | None = None) -> BackendContext:  # fmt: skip
+    return BackendContext(
+        CONF, backend or {"Type": "vxlan"}, EXT, MemorySubnetManager(CONF), stored
+    )
+
+
+async def test_compatible_existing_device_is_reused_and_its_mac_published() -> None:
+    params = VxlanParams(vni=1, local="192.168.1.2", underlay_index=2)
+    kernel = FakeKernel([Link("flannel.1", vxlan=params, mtu=1450, mac="0e:12:34:56:78:9a")])
+    network = await VxlanBackend(kernel=kernel).register_network(ctx())
+    assert network.lease.attrs.to_json() == (
+        '{"PublicIP":"192.168.1.2","PublicIPv6":null,"BackendType":"vxlan",'
+        '"BackendData":{"VNI":1,"VtepMAC":"0e:12:34:56:78:9a"}}'
+    )
+    assert not any(isinstance(o, Link) for _, o in kernel.ops)
+    own = network.lease.subnet
+    assert (
+        own is not None
+        and ("create", Addr("flannel.1", str(own.network_address), 32)) in kernel.ops
+    )
+    assert network.mtu == 1450
+
+
+async def test_incompatible_device_is_recreated_with_the_stored_mac() -> None:
+    old = Link("flannel.1", vxlan=VxlanParams(vni=9), mac="0e:00:00:00:00:01")
+    kernel = FakeKernel([old])
+    network = await VxlanBackend(kernel=kernel).register_network(
+        ctx(stored=("0e:aa:aa:aa:aa:aa", None))
+    )
+    assert kernel.ops[0] == ("delete", old)
+    created = kernel.ops[1][1]
+    assert isinstance(created, Link) and created.mac == "0e:aa:aa:aa:aa:aa"
+    assert created.vxlan == VxlanParams(vni=1, port=8472, local="192.168.1.2", underlay_index=2)
+    assert '"VtepMAC":"0e:aa:aa:aa:aa:aa"' in (network.lease.attrs.backend_data or "")
+
+
+async def test_configured_mtu_and_vni_shape_the_device() -> None:
+    kernel = FakeKernel([])
+    network = await VxlanBackend(kernel=kernel).register_network(
+        ctx(backend={"vni": 4, "MTU": 9000})
+    )
+    created = kernel.ops[0][1]
+    assert isinstance(created, Link) and (created.name, created.mtu) == ("flannel.4", 8950)
+    assert network.mtu == 8950
+
+
+async def test_host_gw_refuses_nat_with_upstreams_message() -> None:
+    natted = ExternalInterface("eth0", 2, 1500, IPv4Address("192.168.1.2"), None, IPv4Address("203.0.113.5"), None)  # fmt: skip
+    context = BackendContext(CONF, {"Type": "host-gw"}, natted, MemorySubnetManager(CONF))
+    with pytest.raises(BackendError) as err:
+        await HostGwBackend(kernel=FakeKernel([])).register_network(context)
+    assert str(err.value) == NAT_MESSAGE
+
+
+def test_pure_dataplane_modules_import_no_io() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flannel.dataplane.plan, flannel.dataplane.objects;"
+        "bad = {'pyroute2', 'socket', 'asyncio', 'subprocess'} & set(sys.modules);"
+        "print(sorted(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -36,6 +36,7 @@ from flannel.model.lease import Lease, LeaseAttrs
 logger = logging.getLogger(__name__)
 
 ENCAP_OVERHEAD = 50
+ENCAP_OVERHEAD_V6 = 70
 
 
 @dataclass(frozen=True)
@@ -161,18 +162,21 @@ class VxlanBackend:
         actual = {o.key: o for o in await asyncio.to_thread(kernel.read_state)}
         links: dict[str, Link] = {}
         v4_mac = v6_mac = None
+        if ctx.config.enable_ipv6:
+            if ext.ext_v6_addr is None:
+                raise BackendError(f"vxlan needs an IPv6 address on {ext.name} (IPv6 is enabled)")
+            # The kernel refuses a v6 vxlan MTU above underlay MTU - 70 (IPv6 header is 20 bytes
+            # longer), so the v6 device gets at most that; FLANNEL_MTU stays upstream's MTU - 50.
+            mtu6 = min(mtu, (cfg.mtu or ext.mtu) - ENCAP_OVERHEAD_V6)
+            link = _desired_link(f"flannel-v6.{cfg.vni}", cfg, ext.ext_v6_addr, ext.index, mtu6)
+            link = await _ensure_link(kernel, link, actual.get(link.key), ctx.stored_macs[1])
+            links[link.name], v6_mac = link, link.mac
         if ctx.config.enable_ipv4:
             if ext.ext_addr is None:
                 raise BackendError(f"vxlan needs an IPv4 address on {ext.name} (IPv4 is enabled)")
             link = _desired_link(f"flannel.{cfg.vni}", cfg, ext.ext_addr, ext.index, mtu)
             link = await _ensure_link(kernel, link, actual.get(link.key), ctx.stored_macs[0])
             links[link.name], v4_mac = link, link.mac
-        if ctx.config.enable_ipv6:
-            if ext.ext_v6_addr is None:
-                raise BackendError(f"vxlan needs an IPv6 address on {ext.name} (IPv6 is enabled)")
-            link = _desired_link(f"flannel-v6.{cfg.vni}", cfg, ext.ext_v6_addr, ext.index, mtu)
-            link = await _ensure_link(kernel, link, actual.get(link.key), ctx.stored_macs[1])
-            links[link.name], v6_mac = link, link.mac
         attrs = LeaseAttrs(
             public_ip=ext.ext_addr or IPv4Address("0.0.0.0"),
             public_ipv6=ext.ext_v6_addr if ctx.config.enable_ipv6 else None,

@@ -7,7 +7,9 @@ drops unknown fields, orders 0.x fields as their structs and sorts 1.x keys, and
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing costs ~4 ms of import; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Any
 
 _V020 = ("0.1.0", "0.2.0")
 _V040 = ("0.3.0", "0.3.1", "0.4.0")

@@ -6,9 +6,6 @@ notation and zones, so a file Go would refuse is refused here too, with Go's mes
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, field
-
 from flannel.cni.errors import INTERNAL, CniError
 
 KEYS = (
@@ -22,33 +19,80 @@ KEYS = (
 _MAX_LINE = 64 * 1024
 
 
-@dataclass
 class SubnetEnv:
-    """What the plugin needs from subnet.env (networks may be several, in first-seen order)."""
+    """What the plugin needs from subnet.env (networks may be several, in first-seen order).
 
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
-    ipv6_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
-    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
-    ipv6_subnet: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
-    mtu: int | None = None
-    ipmasq: bool | None = None
+    A plain class, not a dataclass: ``dataclasses`` imports ``inspect`` (~8 ms per pod start).
+    """
+
+    def __init__(self) -> None:
+        self.networks: list[str] = []
+        self.ipv6_networks: list[str] = []
+        self.subnet: str | None = None
+        self.ipv6_subnet: str | None = None
+        self.mtu: int | None = None
+        self.ipmasq: bool | None = None
 
 
-def parse_cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """Go ``net.ParseCIDR`` → the masked network; ``invalid CIDR address: <text>`` otherwise."""
+def ipv4_value(text: str) -> int | None:
+    """Go's parseIPv4: four decimal fields 0-255, no leading zeros; None if not IPv4."""
+    fields = text.split(".")
+    if len(fields) != 4:
+        return None
+    value = 0
+    for part in fields:
+        if not (part.isascii() and part.isdigit()) or len(part) > 3:
+            return None
+        if len(part) > 1 and part[0] == "0":
+            return None
+        number = int(part)
+        if number > 255:
+            return None
+        value = value << 8 | number
+    return value
+
+
+def _ipv4_text(value: int) -> str:
+    return ".".join(str(value >> shift & 255) for shift in (24, 16, 8, 0))
+
+
+def parse_cidr(text: str) -> str:
+    """Go ``net.ParseCIDR`` → the masked network's text; ``invalid CIDR address: <text>`` else.
+
+    IPv4 (every pod start on a v4 cluster) is parsed by hand, exactly as Go does, so ``ipaddress``
+    (~5 ms of import) is only loaded for IPv6.
+    """
     address, sep, prefix = text.partition("/")
-    ok = bool(sep) and prefix.isdigit() and prefix.isascii() and "%" not in address
-    ok = ok and not (len(prefix) > 1 and prefix.startswith("0")) and address.strip() == address
-    if ok:
-        try:
-            return ipaddress.ip_interface(text).network
-        except ValueError:
-            pass
+    if sep and prefix.isascii() and prefix.isdigit() and "%" not in address:
+        value = ipv4_value(address)
+        if value is not None:
+            length = int(prefix)
+            if length <= 32:
+                mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+                return f"{_ipv4_text(value & mask)}/{length}"
+        elif ":" in address and address.strip() == address:
+            import ipaddress
+
+            try:
+                return str(ipaddress.IPv6Interface(text).network)
+            except ValueError:
+                pass
     raise CniError(INTERNAL, f"invalid CIDR address: {text}")
 
 
-def _cidr_list(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+def normalise_ip(text: str) -> str:
+    """An IP's canonical text (Go's ``net.IP.String``); raises ValueError if not an IP."""
+    if ipv4_value(text) is not None:
+        return text  # a Go-valid IPv4 literal is already canonical
+    import ipaddress
+
+    if ":" not in text:
+        raise ValueError(text)
+    return str(ipaddress.IPv6Address(text))
+
+
+def _cidr_list(value: str) -> list[str]:
+    out: list[str] = []
     for part in value.split(","):
         net = parse_cidr(part)
         if net not in out:

@@ -32,6 +32,7 @@ RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 CLONE_NEWNET = 0x40000000
+NUD_PERMANENT = 0x80
 
 
 def _setns(fd: int) -> None:
@@ -68,31 +69,42 @@ def _open_in(netns: str | None) -> socket.socket:
     return result[0]
 
 
-def relevant(data: bytes, watched_ifindexes: set[int] | None = None) -> bool:
+def relevant(data: bytes) -> bool:
     """Does this batch of netlink messages possibly touch flannel's objects?
 
-    Deletions always count (cheap: a pass that finds nothing does nothing); new/changed links and
-    neighbours count on watched devices (None = all); route changes always count.
+    Deletions and route changes always count (cheap: a pass that finds nothing does nothing); new
+    or changed links count; neighbour updates count only for PERMANENT entries (flannel's kind), so
+    ordinary ARP churn on the underlay (REACHABLE/STALE/PROBE) never triggers a pass.
     """
     offset = 0
     while offset + 16 <= len(data):
         length, msg_type = struct.unpack_from("=IH", data, offset)
         if length < 16:
             break
-        if msg_type in (RTM_DELLINK, RTM_DELROUTE, RTM_DELNEIGH, RTM_NEWROUTE):
+        if msg_type in (RTM_DELLINK, RTM_DELROUTE, RTM_DELNEIGH, RTM_NEWROUTE, RTM_NEWLINK):
             return True
-        if msg_type in (RTM_NEWLINK, RTM_NEWNEIGH) and offset + 24 <= len(data):
-            ifindex = struct.unpack_from("=i", data, offset + 20)[0]
-            if watched_ifindexes is None or ifindex in watched_ifindexes:
+        if msg_type == RTM_NEWNEIGH and offset + 26 <= len(data):
+            state = struct.unpack_from("=H", data, offset + 24)[0]
+            if state & NUD_PERMANENT:
                 return True
         offset += (length + 3) & ~3
     return False
 
 
+def _close_opened(done: asyncio.Future[socket.socket]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        done.result().close()
+
+
 async def watch_drift(reconciler: Reconciler, *, netns: str | None = None) -> None:
     """Poke ``reconciler`` whenever the kernel reports a change that may be drift, until cancelled."""
     loop = asyncio.get_running_loop()
-    sock = await asyncio.to_thread(_open_in, netns)
+    opening = asyncio.ensure_future(asyncio.to_thread(_open_in, netns))
+    try:
+        sock = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)  # cancelled mid-open: never leak the socket
+        raise
     try:
         while True:
             try:
@@ -103,7 +115,7 @@ async def watch_drift(reconciler: Reconciler, *, netns: str | None = None) -> No
                 logger.warning("netlink notifications overflowed (ENOBUFS); running a full pass")
                 reconciler.poke(drift=True)
                 continue
-            if relevant(data, None):
+            if relevant(data):
                 reconciler.poke(drift=True)
     finally:
         sock.close()

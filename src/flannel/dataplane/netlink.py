@@ -12,11 +12,11 @@ from __future__ import annotations
 import errno as errno_mod
 import logging
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -36,6 +36,7 @@ from flannel.errors import KernelError
 from flannel.model.iface import InterfaceAddress, InterfaceInfo
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
@@ -178,76 +179,82 @@ def ensure_blackhole_route(net: IPv4Network | IPv6Network) -> None:
 
 
 class NetlinkKernel:
-    """Reads and writes flannel's kernel objects in one namespace (``netns`` None = current)."""
+    """Reads and writes flannel's kernel objects in one namespace (``netns`` None = current).
+
+    pyroute2's sync IPRoute runs a private event loop and must be created, used and closed on one
+    thread, so every call is handed to this kernel's own single worker thread, which keeps one
+    socket open across calls (a socket-level failure such as ENOBUFS drops it; the next call opens
+    a fresh one). Callers may call from any thread, but not from a thread running an event loop
+    that they would block.
+    """
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._local = threading.local()
-        self._opened: list[Any] = []
-        self._lock = threading.Lock()
+        self._ipr: Any = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
 
-    @contextmanager
-    def _socket(self) -> Iterator[Any]:
-        """One cached socket per worker thread (pyroute2's sync IPRoute is not thread-safe); a
-        socket that failed is dropped so the next call starts clean (e.g. after ENOBUFS)."""
-        ipr = getattr(self._local, "ipr", None)
-        if ipr is None:
+    def _on_worker(self, fn: Callable[[Any], T]) -> T:
+        def call() -> T:
+            if self._ipr is None:
+                try:
+                    self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
+                except (NetlinkError, OSError) as exc:
+                    where = f"netns {self.netns or 'current'}"
+                    raise kernel_error(f"open netlink socket ({where})", exc) from exc
             try:
-                ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
-            except (NetlinkError, OSError) as exc:
-                raise kernel_error(
-                    f"open netlink socket (netns {self.netns or 'current'})", exc
-                ) from exc
-            self._local.ipr = ipr
-            with self._lock:
-                self._opened.append(ipr)
-        try:
-            yield ipr
-        except KernelError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, OSError) and not isinstance(cause, NetlinkError):  # e.g. ENOBUFS
-                self._local.ipr = None
-                ipr.close()
-            raise
+                return fn(self._ipr)
+            except KernelError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, OSError) and not isinstance(cause, NetlinkError):
+                    self._drop()
+                raise
+
+        return self._worker.submit(call).result()
+
+    def _drop(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
 
     def close(self) -> None:
-        """Close every cached socket (call from the owner at shutdown)."""
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for ipr in opened:
-            ipr.close()
+        """Close the socket and stop the worker thread (call at shutdown)."""
+        self._worker.submit(self._drop).result()
+        self._worker.shutdown()
 
     def read_state(self) -> list[KernelObject]:
         """Every link and address, permanent neighbours/FDB entries and main-table routes."""
-        with self._socket() as ipr:
-            try:
-                links = ipr.get_links()
-                names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in links}
-                out: list[KernelObject] = [_link_from(m) for m in links]
-                out += _addrs_from(ipr.get_addr(), names)
-                out += _neighs_from(ipr.get_neighbours(), names)
-                out += _fdb_from(ipr.get_neighbours(family=AF_BRIDGE), names)
-                for fam in (socket.AF_INET, socket.AF_INET6):
-                    out += _routes_from(ipr.get_routes(family=fam, table=MAIN_TABLE), names)
-            except (NetlinkError, OSError) as exc:
-                raise kernel_error(
-                    f"dump kernel state (netns {self.netns or 'current'})", exc
-                ) from exc
+        return self._on_worker(self._read_state)
+
+    def _read_state(self, ipr: Any) -> list[KernelObject]:
+        try:
+            links = ipr.get_links()
+            names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in links}
+            out: list[KernelObject] = [_link_from(m) for m in links]
+            out += _addrs_from(ipr.get_addr(), names)
+            out += _neighs_from(ipr.get_neighbours(), names)
+            out += _fdb_from(ipr.get_neighbours(family=AF_BRIDGE), names)
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                out += _routes_from(ipr.get_routes(family=fam, table=MAIN_TABLE), names)
+        except (NetlinkError, OSError) as exc:
+            where = f"netns {self.netns or 'current'}"
+            raise kernel_error(f"dump kernel state ({where})", exc) from exc
         return out
 
     def apply(self, action: str, obj: KernelObject) -> None:
         """Perform ``action`` (create/update/delete) on ``obj``; KernelError names the object."""
-        with self._socket() as ipr:
+
+        def run(ipr: Any) -> None:
             try:
                 _APPLY[type(obj)](ipr, action, obj)
             except (NetlinkError, OSError) as exc:
-                if action == "delete" and _errno_of(exc) in (
-                    errno_mod.ENOENT,
-                    errno_mod.ESRCH,
-                    errno_mod.ENODEV,
-                ):
+                if action == "delete" and _errno_of(exc) in _GONE:
                     return  # already gone: the goal of a delete is reached
                 raise kernel_error(f"{action} {describe(obj)}", exc) from exc
+
+        self._on_worker(run)
+
+
+_GONE = (errno_mod.ENOENT, errno_mod.ESRCH, errno_mod.ENODEV)
 
 
 def _index(ipr: Any, name: str) -> int:

@@ -79,6 +79,7 @@ class Reconciler:
         self._applied_generation = -1
         self._prune = False
         self._drift_pending = False
+        self._read_failed = False
 
     # ---------------------------------------------------------------- desired state
     def set_group(self, group: str, objects: Iterable[KernelObject]) -> None:
@@ -126,7 +127,9 @@ class Reconciler:
             self.metrics.failures += 1
             self.metrics.last_error = str(exc)
             logger.warning("cannot read kernel state, will retry: %s", exc)
+            self._read_failed = True
             return False
+        self._read_failed = False
         ops = plan(self.desired(), actual, self.scope, prune=self._prune)
         if ops and self._drift_pending:
             self.metrics.drift_repairs += 1
@@ -167,6 +170,8 @@ class Reconciler:
         return True
 
     def _next_retry_delay(self) -> float:
+        if self._read_failed:
+            return self.base_backoff * 2.5  # a failed dump (e.g. ENOBUFS) is retried soon, whole
         if not self._backoff:
             return self.resync_seconds
         soonest = min(b.not_before for b in self._backoff.values()) - self.clock()

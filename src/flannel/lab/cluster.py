@@ -139,8 +139,7 @@ class Lab:
                 list(pool.map(self._add_pod_unsaved, jobs))
             self._state.pods.sort(key=lambda p: (p["node"], p["number"]))
             self._state.save()
-            how = "CNI" if pods.real_cni_available() else "the bridge stand-in (no flannel.cni)"
-            self._say(f"{len(self._state.pods)} pods created through {how}")
+            self._say(f"{len(self._state.pods)} pods created through CNI (flannel + portmap)")
         self._state.up = True
         self._state.save()
 
@@ -177,7 +176,7 @@ class Lab:
         with self._lock:
             bin_dir = self.spec.state_dir / "bin"
             if not bin_dir.exists():
-                pods.install_plugin(bin_dir, bin_dir / "net.d")
+                pods.install_plugin(bin_dir)
             number = self._state.next_pod_number.get(node.name, 0) + 1
             self._state.next_pod_number[node.name] = number
             pod_ns = self.names.pod_netns(node.index, number)

@@ -10,14 +10,13 @@ with the ``flannel`` launcher, then Debian's plugins.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flannel.lab import cnifallback, netns
+from flannel.lab import netns
 from flannel.lab.errors import LabError
 
 logger = logging.getLogger(__name__)
@@ -91,31 +90,18 @@ def container_id(pod_netns: str) -> str:
     return "lab-" + hashlib.sha256(pod_netns.encode()).hexdigest()[:24]
 
 
-def real_cni_available() -> bool:
-    """Whether the CNI runtime driver, the installer and the flannel plugin are installed."""
-    modules = ("flannel.cni.runtime", "flannel.cni.install", "flannel.cni.plugin")
-    try:
-        return all(importlib.util.find_spec(name) is not None for name in modules)
-    except ModuleNotFoundError:
-        return False
-
-
-def install_plugin(bin_dir: Path, conf_dir: Path) -> None:
+def install_plugin(bin_dir: Path) -> None:
     """Install the ``flannel`` plugin launcher into the lab's bin dir (the CNI installer's job)."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    if not real_cni_available():
-        logger.warning("flannel.cni is not installed yet: pods use the lab's bridge stand-in")
-        return
-    from flannel.cni import install  # type: ignore[attr-defined,unused-ignore]
+    from flannel.cni.install import install_cni
 
-    install_fn = getattr(install, "install_cni", None) or getattr(install, "install", None)
-    if install_fn is None:
-        raise LabError("flannel.cni.install has no install_cni(); cannot install the CNI plugin")
-    install_fn(bin_dir=bin_dir, conf_dir=conf_dir)
+    try:
+        install_cni(bin_dir=bin_dir)
+    except OSError as exc:
+        raise LabError(f"installing the flannel CNI plugin into {bin_dir} failed: {exc}") from exc
 
 
 def _runtime(cni: NodeCni, bin_dir: Path, node_ns: str) -> Any:
-    from flannel.cni.runtime import CniRuntime  # type: ignore[import-not-found,unused-ignore]
+    from flannel.cni.runtime import CniRuntime
 
     return CniRuntime(
         conflist(cni),
@@ -130,10 +116,7 @@ def add_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str) -> tuple[str
     netns.add(pod_ns)
     cid = container_id(pod_ns)
     try:
-        if real_cni_available():
-            result = _runtime(cni, bin_dir, node_ns).add(cid, netns.path(pod_ns), ifname="eth0")
-        else:
-            result = cnifallback.add(conflist(cni), node_ns, cid, netns.path(pod_ns))
+        result = _runtime(cni, bin_dir, node_ns).add(cid, netns.path(pod_ns), ifname="eth0")
     except Exception as exc:
         raise LabError(f"CNI ADD for pod {pod_ns} on {node_ns} failed: {exc}") from exc
     return cid, first_ipv4(result, pod_ns)
@@ -142,10 +125,7 @@ def add_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str) -> tuple[str
 def delete_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str, cid: str) -> None:
     """CNI DEL, then delete the namespace (DEL first, as a runtime does, so IPs are released)."""
     try:
-        if real_cni_available():
-            _runtime(cni, bin_dir, node_ns).delete(cid, netns.path(pod_ns), ifname="eth0")
-        else:
-            cnifallback.delete(conflist(cni), node_ns, cid, netns.path(pod_ns))
+        _runtime(cni, bin_dir, node_ns).delete(cid, netns.path(pod_ns), ifname="eth0")
     except Exception as exc:  # a failing DEL must not keep the namespace around
         logger.warning("CNI DEL for pod %s failed: %s", pod_ns, exc)
     netns.delete(pod_ns)

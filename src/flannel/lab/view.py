@@ -102,9 +102,6 @@ def explore_hints(lab: Lab) -> str:
         hints.append(
             f"  ip netns exec {pod.netns} ping -c2 {other.ip}   # {pod.name} -> {other.name}"
         )
-    hints += [
-        f"  flannelctl lab status {common}",
-        f"  flannelctl lab check {common}",
-        f"  flannelctl lab down {common}",
-    ]
+    ctl = flannelctl_program()
+    hints += [f"  {ctl} lab {action} {common}" for action in ("status", "check", "down")]
     return "\n".join(hints)
