@@ -75,3 +75,34 @@ def test_cli_reports_an_unwritable_bin_dir_clearly(tmp_path: Path) -> None:
     register(parser.add_subparsers())
     args = parser.parse_args(["install-cni", "--bin-dir", str(blocker / "bin")])
     assert args.func(args) == 1
+
+
+def test_ipv4_add_path_imports_no_json_re_typing_dataclasses_or_ipaddress(tmp_path: Path) -> None:
+    install_cni(bin_dir=tmp_path / "bin")
+    (tmp_path / "subnet.env").write_text(
+        "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\n"
+        "FLANNEL_IPMASQ=true\n"
+    )
+    conf = {"name": "n", "subnetFile": str(tmp_path / "subnet.env"), "dataDir": str(tmp_path / "d")}
+    launcher = tmp_path / "bin" / "flannel"
+    done = subprocess.run(
+        [*_shebang(launcher), "-X", "importtime", str(launcher)],
+        input=json.dumps(conf),
+        env={
+            "CNI_COMMAND": "ADD",
+            "CNI_CONTAINERID": "c1",
+            "CNI_NETNS": "/run/netns/none",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(tmp_path / "empty"),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert json.loads(done.stdout)["msg"].startswith(
+        "failed to delegate add: failed to find plugin"
+    )
+    assert (tmp_path / "d" / "c1").exists()  # the whole ADD path up to the exec ran
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "flannel.cni.commands" in imported
+    assert not {"json", "re", "typing", "dataclasses", "ipaddress", "subprocess"} & imported

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flannel.cni import gojson
+from flannel.cni import fastjson, gojson
 from flannel.cni.errors import CniError
 from flannel.cni.netconf import build_delegate, load_netconf
 from flannel.cni.result import retype
@@ -146,3 +146,29 @@ def test_retype_0_4_0_keeps_struct_order_and_empty_dns() -> None:
 def test_retype_fills_missing_version_from_the_delegate_config() -> None:
     typed, _ = retype({"ip4": {"ip": "10.1.17.2/24"}}, "0.2.0")
     assert typed == {"cniVersion": "0.2.0", "ip4": {"ip": "10.1.17.2/24"}, "dns": {}}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": [1, 2.5, {"b": None, "c": True, "d": "x<>&\u2028é\n"}], "z": {}, "y": []},
+        [],
+        {"big": 10**20, "neg": -0.0, "tiny": 1e-300},
+        [{"x": [[]]}, "s", False],
+    ],
+)
+def test_fastjson_matches_the_json_package(value: object) -> None:
+    assert fastjson.loads(json.dumps(value)) == value
+    assert fastjson.dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for sort_keys in (False, True):
+        expected = json.dumps(value, indent=4, ensure_ascii=False, sort_keys=sort_keys)
+        assert fastjson.dumps_indent(value, sort_keys=sort_keys) == expected
+
+
+@pytest.mark.parametrize("text", ["not json", "{}x", "", '{"a":}', "[1,]", "{broken"])
+def test_fastjson_errors_read_like_the_json_package(text: str) -> None:
+    with pytest.raises(ValueError) as ours:
+        fastjson.loads(text)
+    with pytest.raises(ValueError) as theirs:
+        json.loads(text)
+    assert str(ours.value) == str(theirs.value)

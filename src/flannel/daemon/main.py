@@ -23,6 +23,7 @@ from flannel.backend.registry import get_backend
 from flannel.daemon import subnetfile
 from flannel.daemon.extiface import select_external_interface
 from flannel.daemon.health import HealthServer, HealthState
+from flannel.daemon.memory import trim_loop
 from flannel.daemon.notify import sd_notify
 from flannel.daemon.settings import Settings
 from flannel.daemon.startup import create_subnet_manager, fetch_network_config, ip_stack
@@ -229,6 +230,7 @@ async def _run_registered(
     }
     if keeper is not None:
         jobs["traffic-resync"] = keeper.run()
+    jobs["memory-trim"] = trim_loop()
     if settings.ip_blackhole_route:
         jobs["blackhole-route"] = blackhole_loop(settings, config, lease)
     sd_notify("READY=1")

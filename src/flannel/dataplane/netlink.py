@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as errno_mod
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -178,6 +179,9 @@ def ensure_blackhole_route(net: IPv4Network | IPv6Network) -> None:
 # ---------------------------------------------------------------- reconciler-facing kernel
 
 
+_worker_flag = threading.local()
+
+
 class NetlinkKernel:
     """Reads and writes flannel's kernel objects in one namespace (``netns`` None = current).
 
@@ -191,6 +195,7 @@ class NetlinkKernel:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipr: Any = None
+        self._indexes: dict[str, int] = {}  # name -> ifindex, refreshed by every read_state
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
 
     def _on_worker(self, fn: Callable[[Any], T]) -> T:
@@ -209,12 +214,35 @@ class NetlinkKernel:
                     self._drop()
                 raise
 
+        if getattr(_worker_flag, "owner", None) is self:
+            return call()  # already on our worker (a whole pass runs there): no thread hop
+        return self._worker.submit(call).result()
+
+    def run_in_worker(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (e.g. a whole reconcile pass) on this kernel's worker thread, so its many
+        kernel calls skip the per-call thread handoff."""
+
+        def call() -> T:
+            _worker_flag.owner = self
+            try:
+                return fn()
+            finally:
+                _worker_flag.owner = None
+
         return self._worker.submit(call).result()
 
     def _drop(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+
+    def _index(self, ipr: Any, name: str) -> int:
+        if name not in self._indexes:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                raise KernelError(f"device {name} does not exist (it is created by the backend)")
+            self._indexes[name] = int(found[0])
+        return self._indexes[name]
 
     def close(self) -> None:
         """Close the socket and stop the worker thread (call at shutdown)."""
@@ -229,6 +257,7 @@ class NetlinkKernel:
         try:
             links = ipr.get_links()
             names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in links}
+            self._indexes = {name: index for index, name in names.items()}
             out: list[KernelObject] = [_link_from(m) for m in links]
             out += _addrs_from(ipr.get_addr(), names)
             out += _neighs_from(ipr.get_neighbours(), names)
@@ -245,8 +274,11 @@ class NetlinkKernel:
 
         def run(ipr: Any) -> None:
             try:
-                _APPLY[type(obj)](ipr, action, obj)
+                _APPLY[type(obj)](ipr, action, obj, lambda name: self._index(ipr, name))
+                if isinstance(obj, Link):
+                    self._indexes.pop(obj.name, None)
             except (NetlinkError, OSError) as exc:
+                self._indexes.clear()  # a device may have been recreated under a new index
                 if action == "delete" and _errno_of(exc) in _GONE:
                     return  # already gone: the goal of a delete is reached
                 raise kernel_error(f"{action} {describe(obj)}", exc) from exc
@@ -257,16 +289,9 @@ class NetlinkKernel:
 _GONE = (errno_mod.ENOENT, errno_mod.ESRCH, errno_mod.ENODEV)
 
 
-def _index(ipr: Any, name: str) -> int:
-    found = ipr.link_lookup(ifname=name)
-    if not found:
-        raise KernelError(f"device {name} does not exist (it is created by the backend)")
-    return int(found[0])
-
-
-def _apply_link(ipr: Any, action: str, obj: Link) -> None:
+def _apply_link(ipr: Any, action: str, obj: Link, index: Callable[[str], int]) -> None:
     if action == "delete":
-        ipr.link("del", index=_index(ipr, obj.name))
+        ipr.link("del", index=index(obj.name))
         return
     if action == "create":
         kwargs: dict[str, Any] = {"ifname": obj.name, "kind": obj.kind}
@@ -287,16 +312,16 @@ def _apply_link(ipr: Any, action: str, obj: Link) -> None:
     settings: dict[str, Any] = {"state": "up" if obj.up else "down"}
     if obj.mtu:
         settings["mtu"] = obj.mtu
-    ipr.link("set", index=_index(ipr, obj.name), **settings)
+    ipr.link("set", index=index(obj.name), **settings)
 
 
-def _apply_addr(ipr: Any, action: str, obj: Addr) -> None:
+def _apply_addr(ipr: Any, action: str, obj: Addr, index: Callable[[str], int]) -> None:
     verb = "del" if action == "delete" else "replace"
-    ipr.addr(verb, index=_index(ipr, obj.device), address=obj.address, prefixlen=obj.prefixlen)
+    ipr.addr(verb, index=index(obj.device), address=obj.address, prefixlen=obj.prefixlen)
 
 
-def _apply_neigh(ipr: Any, action: str, obj: Neigh) -> None:
-    idx = _index(ipr, obj.device)
+def _apply_neigh(ipr: Any, action: str, obj: Neigh, index: Callable[[str], int]) -> None:
+    idx = index(obj.device)
     if action == "delete":
         ipr.neigh("del", dst=obj.ip, ifindex=idx)
         return
@@ -306,8 +331,8 @@ def _apply_neigh(ipr: Any, action: str, obj: Neigh) -> None:
     )
 
 
-def _apply_fdb(ipr: Any, action: str, obj: Fdb) -> None:
-    idx = _index(ipr, obj.device)
+def _apply_fdb(ipr: Any, action: str, obj: Fdb, index: Callable[[str], int]) -> None:
+    idx = index(obj.device)
     if action == "delete":
         ipr.fdb("del", ifindex=idx, lladdr=obj.mac, dst=obj.dst)
         return
@@ -316,7 +341,7 @@ def _apply_fdb(ipr: Any, action: str, obj: Fdb) -> None:
     )
 
 
-def _apply_route(ipr: Any, action: str, obj: Route) -> None:
+def _apply_route(ipr: Any, action: str, obj: Route, index: Callable[[str], int]) -> None:
     net = ip_network(obj.dst)
     kwargs: dict[str, Any] = {
         "dst": str(net.network_address),
@@ -328,7 +353,7 @@ def _apply_route(ipr: Any, action: str, obj: Route) -> None:
         kwargs["proto"] = obj.protocol
         kwargs["type"] = RTN_BLACKHOLE if obj.type == "blackhole" else RTN_UNICAST
         if obj.device:
-            kwargs["oif"] = _index(ipr, obj.device)
+            kwargs["oif"] = index(obj.device)
         if obj.gateway:
             kwargs["gateway"] = obj.gateway
         if obj.onlink:

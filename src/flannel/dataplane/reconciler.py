@@ -182,7 +182,11 @@ class Reconciler:
         while True:
             generation = self._generation
             self._wake.clear()
-            ok = await asyncio.to_thread(self.reconcile_once)
+            runner = getattr(self.kernel, "run_in_worker", None)
+            if runner is not None:  # NetlinkKernel: run the pass on its netlink thread
+                ok = await asyncio.to_thread(runner, self.reconcile_once)
+            else:
+                ok = await asyncio.to_thread(self.reconcile_once)
             if ok and generation == self._generation:
                 self._applied_generation = generation
                 self._clean.set()

@@ -73,6 +73,9 @@ async def follow(
         delay = min(delay * 2, BACKOFF_MAX_S)
 
 
+TTL_LOOKUP_CONCURRENCY = 16
+
+
 class LeaseDecoder:
     """Key/value → Lease, remembering which keys were reported malformed so each is logged once."""
 
@@ -81,6 +84,10 @@ class LeaseDecoder:
         self.with_ttl = with_ttl
         self._reported: set[str] = set()
         self._decoded: dict[str, tuple[int, Lease | None]] = {}
+        # Bounded TTL lookups: 1000 concurrent gRPC calls cost ~20 MiB that glibc never returns,
+        # which alone breaks the 50 MiB budget a DaemonSet gives flanneld.
+        self._ttl_slots = asyncio.Semaphore(TTL_LOOKUP_CONCURRENCY)
+        self._ttl_memo: dict[int, int] = {}
 
     def _bad(self, key: str, exc: Exception) -> None:
         if key not in self._reported:
@@ -92,7 +99,10 @@ class LeaseDecoder:
             return None  # a reservation: no etcd lease, never expires
         if not self.with_ttl:
             return datetime.now(UTC) + timedelta(hours=24)
-        ttl = await self.client.time_to_live(lease_id)
+        ttl = self._ttl_memo.get(lease_id)
+        if ttl is None:
+            async with self._ttl_slots:
+                ttl = await self.client.time_to_live(lease_id)
         return datetime.now(UTC) + timedelta(seconds=max(ttl, 0))
 
     async def lease(self, kv: KeyValue) -> Lease | None:
@@ -124,8 +134,20 @@ class LeaseDecoder:
         )
 
     async def leases(self, kvs: list[KeyValue]) -> list[Lease]:
-        """Every well-formed lease among ``kvs`` (TTL lookups run concurrently)."""
-        found = await asyncio.gather(*(self.lease(kv) for kv in kvs))
+        """Every well-formed lease among ``kvs`` (TTL lookups bounded, one per etcd lease)."""
+        pending = {kv.lease for kv in kvs if kv.lease} if self.with_ttl else set()
+        memo: dict[int, int] = {}
+
+        async def lookup(lease_id: int) -> None:
+            async with self._ttl_slots:
+                memo[lease_id] = await self.client.time_to_live(lease_id)
+
+        await asyncio.gather(*(lookup(lease_id) for lease_id in pending))
+        self._ttl_memo = memo
+        try:
+            found = [await self.lease(kv) for kv in kvs]
+        finally:
+            self._ttl_memo = {}
         return [lease for lease in found if lease is not None]
 
     async def event(self, event: WatchEvent) -> LeaseEvent | None:
