@@ -106,7 +106,7 @@ class CniBed:
     def error(
         self, command: str, conf: Mapping[str, Any] | bytes, env: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        rc, out, err = self.run(command, conf, env)
+        rc, out, _err = self.run(command, conf, env)
         assert rc != 0, f"{command} unexpectedly succeeded: {out}"
         parsed: dict[str, Any] = json.loads(out)
         return parsed

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cni_helpers import bed, installed_plugin  # noqa: F401  (fixtures of the test_lead_* suites)
 
 from flannel.cni.install import install_cni
 from flannel.cni.runtime import CniRuntime, exec_plugin
@@ -138,4 +139,3 @@ def lab(tmp_path: Path, plugin_dir: Path) -> Iterator[CniLab]:
     finally:
         for name in reversed(world.namespaces):
             sh("ip", "netns", "del", name, check=False)
-

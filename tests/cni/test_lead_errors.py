@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from cni_helpers import CniBed, bed, installed_plugin  # noqa: F401
+from cni_helpers import CniBed
 
 pytestmark = pytest.mark.cni
 

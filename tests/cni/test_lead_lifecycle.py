@@ -7,7 +7,7 @@ import os
 import stat
 
 import pytest
-from cni_helpers import DUAL_ENV, V6_ENV, CniBed, bed, installed_plugin  # noqa: F401
+from cni_helpers import DUAL_ENV, V6_ENV, CniBed
 
 pytestmark = pytest.mark.cni
 
