@@ -177,6 +177,23 @@ async def _register(
         raise _Exit(1, f"Error registering network: {exc}") from exc
 
 
+def _register_metrics(health: HealthState, network: Network, lease: Lease) -> None:
+    """Expose the data path's reconciler counters and the lease on /metrics."""
+    if lease.expiration is not None:
+        expiry = lease.expiration.timestamp()
+        health.metrics["flannel_lease_expiration_timestamp_seconds"] = lambda: expiry
+    reconciler = getattr(network, "reconciler", None)
+    metrics = getattr(reconciler, "metrics", None)
+    if metrics is None:
+        return
+
+    def counter(name: str) -> Callable[[], float]:
+        return lambda: float(getattr(metrics, name))
+
+    for name in ("passes", "operations", "failures", "drift_repairs", "pruned"):
+        health.metrics[f"flannel_dataplane_{name}_total"] = counter(name)
+
+
 def _check_br_netfilter(config: NetworkConfig) -> None:
     """iptables mode needs br_netfilter so bridged pod traffic traverses the rules (upstream)."""
     needed = []
@@ -203,6 +220,7 @@ async def _run_registered(
     deps: DaemonDeps,
 ) -> None:
     lease = network.lease
+    _register_metrics(health, network, lease)
     try:
         keeper = await deps.start_traffic(settings, config, lease, previous)
     except FlannelError as exc:

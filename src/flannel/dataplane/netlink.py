@@ -19,9 +19,7 @@ from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from flannel.dataplane._pyroute2_light import load_light
 from flannel.dataplane.objects import (
     MAIN_TABLE,
     Addr,
@@ -35,6 +33,10 @@ from flannel.dataplane.objects import (
 )
 from flannel.errors import KernelError
 from flannel.model.iface import InterfaceAddress, InterfaceInfo
+
+load_light()
+from pyroute2.iproute.linux import IPRoute  # noqa: E402  (after the light package shell)
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
