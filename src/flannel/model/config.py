@@ -202,79 +202,75 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     return NetworkConfig(**values, backend_type=backend_type, backend=backend)
 
 
-def _check_ipv4(cfg: NetworkConfig) -> NetworkConfig:
-    network = cfg.network
+@dataclass(frozen=True)
+class _Family:
+    """What differs between upstream's IPv4 and IPv6 checks: sizes, field names, error words."""
+
+    bits: int
+    network_name: str  # "Network" / "IPv6Network" (also used in the messages)
+    prefix: str  # "" / "IPv6": field prefix of SubnetMin/SubnetMax/SubnetLen
+    default_len: int  # 24 / 64, used while the network prefix is <= default_len - 2
+    too_small: str  # network prefix beyond which the default cannot fit four subnets
+
+
+_V4 = _Family(32, "Network", "", 24, "network is too small. Minimum useful network prefix is /28")
+_V6 = _Family(
+    128,
+    "IPv6Network",
+    "IPv6",
+    64,
+    "IPv6Network is too small. Minimum useful network prefix is /124",
+)
+
+
+def _check_family(
+    fam: _Family,
+    network: IPv4Network | IPv6Network | None,
+    subnet_len: int,
+    subnet_min: IPv4Address | IPv6Address | None,
+    subnet_max: IPv4Address | IPv6Address | None,
+) -> tuple[int, IPv4Address | IPv6Address, IPv4Address | IPv6Address]:
+    """Upstream's CheckNetworkConfig for one family: (SubnetLen, SubnetMin, SubnetMax)."""
     if network is None or network.prefixlen == 0:
-        raise ConfigError("please define a correct Network parameter in the flannel config")
-    subnet_len = cfg.subnet_len
+        raise ConfigError(
+            f"please define a correct {fam.network_name} parameter in the flannel config"
+        )
     if subnet_len > 0:
-        if subnet_len > 30:
-            raise ConfigError("SubnetLen must be less than /31")
+        if subnet_len > fam.bits - 2:
+            raise ConfigError(f"SubnetLen must be less than /{fam.bits - 1}")
         if subnet_len < network.prefixlen + 2:
             raise ConfigError("network must be able to accommodate at least four subnets")
     else:
-        if network.prefixlen > 28:
-            raise ConfigError("network is too small. Minimum useful network prefix is /28")
-        subnet_len = 24 if network.prefixlen <= 22 else network.prefixlen + 2
-    size = 1 << (32 - subnet_len)
-    subnet_min = cfg.subnet_min
+        if network.prefixlen > fam.bits - 4:
+            raise ConfigError(fam.too_small)
+        prefix = network.prefixlen
+        subnet_len = fam.default_len if prefix <= fam.default_len - 2 else prefix + 2
+    size = 1 << (fam.bits - subnet_len)
+    names = (f"{fam.prefix}SubnetMin", f"{fam.prefix}SubnetMax")
     if subnet_min is None:
         subnet_min = network.network_address + size
     elif subnet_min not in network:
-        raise ConfigError("SubnetMin is not in the range of the Network")
-    subnet_max = cfg.subnet_max
-    if subnet_max is None:
-        subnet_max = network.network_address + network.num_addresses - size
-    elif subnet_max not in network:
-        raise ConfigError("SubnetMax is not in the range of the Network")
-    if int(subnet_min) % size:
-        raise ConfigError(f"SubnetMin is not on a SubnetLen boundary: {subnet_min}")
-    if int(subnet_max) % size:
-        raise ConfigError(f"SubnetMax is not on a SubnetLen boundary: {subnet_max}")
-    return replace(cfg, subnet_len=subnet_len, subnet_min=subnet_min, subnet_max=subnet_max)
-
-
-def _check_ipv6(cfg: NetworkConfig) -> NetworkConfig:
-    network = cfg.ipv6_network
-    if network is None or network.prefixlen == 0:
-        raise ConfigError("please define a correct IPv6Network parameter in the flannel config")
-    subnet_len = cfg.ipv6_subnet_len
-    if subnet_len > 0:
-        if subnet_len > 126:
-            raise ConfigError("SubnetLen must be less than /127")
-        if subnet_len < network.prefixlen + 2:
-            raise ConfigError("network must be able to accommodate at least four subnets")
-    else:
-        if network.prefixlen > 124:
-            raise ConfigError("IPv6Network is too small. Minimum useful network prefix is /124")
-        subnet_len = 64 if network.prefixlen <= 62 else network.prefixlen + 2
-    size = 1 << (128 - subnet_len)
-    subnet_min = cfg.ipv6_subnet_min
-    if subnet_min is None:
-        subnet_min = network.network_address + size
-    elif subnet_min not in network:
-        raise ConfigError("IPv6SubnetMin is not in the range of the IPv6Network")
-    subnet_max = cfg.ipv6_subnet_max
+        raise ConfigError(f"{names[0]} is not in the range of the {fam.network_name}")
     if subnet_max is None:
         subnet_max = network.network_address + (network.num_addresses - size)
     elif subnet_max not in network:
-        raise ConfigError("IPv6SubnetMax is not in the range of the IPv6Network")
-    if int(subnet_min) % size:
-        raise ConfigError(f"IPv6SubnetMin is not on a SubnetLen boundary: {subnet_min}")
-    if int(subnet_max) % size:
-        raise ConfigError(f"IPv6SubnetMax is not on a SubnetLen boundary: {subnet_max}")
-    return replace(
-        cfg,
-        ipv6_subnet_len=subnet_len,
-        ipv6_subnet_min=subnet_min,
-        ipv6_subnet_max=subnet_max,
-    )
+        raise ConfigError(f"{names[1]} is not in the range of the {fam.network_name}")
+    for name, value in zip(names, (subnet_min, subnet_max), strict=True):
+        if int(value) % size:
+            raise ConfigError(f"{name} is not on a SubnetLen boundary: {value}")
+    return subnet_len, subnet_min, subnet_max
 
 
 def check_network_config(cfg: NetworkConfig) -> NetworkConfig:
     """Upstream's CheckNetworkConfig: defaults and validation, IPv4 errors before IPv6 errors."""
     if cfg.enable_ipv4:
-        cfg = _check_ipv4(cfg)
+        length, low, high = _check_family(
+            _V4, cfg.network, cfg.subnet_len, cfg.subnet_min, cfg.subnet_max
+        )
+        cfg = replace(cfg, subnet_len=length, subnet_min=low, subnet_max=high)  # type: ignore[arg-type]
     if cfg.enable_ipv6:
-        cfg = _check_ipv6(cfg)
+        length, low, high = _check_family(
+            _V6, cfg.ipv6_network, cfg.ipv6_subnet_len, cfg.ipv6_subnet_min, cfg.ipv6_subnet_max
+        )
+        cfg = replace(cfg, ipv6_subnet_len=length, ipv6_subnet_min=low, ipv6_subnet_max=high)  # type: ignore[arg-type]
     return cfg
