@@ -106,3 +106,12 @@ def test_ipv4_add_path_imports_no_json_re_typing_dataclasses_or_ipaddress(tmp_pa
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "flannel.cni.commands" in imported
     assert not {"json", "re", "typing", "dataclasses", "ipaddress", "subprocess"} & imported
+
+
+def test_an_explicit_host_interpreter_is_used_even_when_absent_here(tmp_path: Path) -> None:
+    """In an init container the host's python3 is not visible: install the launcher anyway."""
+    host_python = "/nonexistent/host/python3"
+    install_cni(bin_dir=tmp_path / "bin", python=host_python)
+    launcher = (tmp_path / "bin" / "flannel").read_text()
+    assert launcher.startswith(f"#!{host_python} -IS\n")
+    assert (tmp_path / "bin" / ".pyflannel-cni" / "flannel" / "cni" / "plugin.py").exists()

@@ -113,6 +113,8 @@ def test_flanneld_runs_with_upstreams_args_probes_env_and_requests() -> None:
         "/opt/cni/bin",
         "--conf-dir",
         "/etc/cni/net.d",
+        "--python",
+        "/usr/bin/python3",  # the plugin runs on the host, with the host's interpreter
     ]
     assert init["install-cni"][-1] == "/etc/cni/net.d/10-flannel.conflist"
 

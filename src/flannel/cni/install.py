@@ -55,8 +55,11 @@ def install_cni(
     """Install the launcher and library into ``bin_dir`` and the conflist into ``conf_dir``."""
     bin_dir = Path(bin_dir)
     interpreter = python or default_python()
-    if not os.access(interpreter, os.X_OK):
+    runnable_here = os.access(interpreter, os.X_OK)
+    if python is None and not runnable_here:
         raise OSError(f"interpreter {interpreter} is not executable (pass --python PATH)")
+    # An explicit --python may name the HOST's interpreter from inside an init container, where it
+    # does not exist: install anyway, and skip the byte-compiling only it could do.
     bin_dir.mkdir(parents=True, exist_ok=True)
     lib = bin_dir / LIB_DIR_NAME
     (lib / "flannel" / "cni").mkdir(parents=True, exist_ok=True)
@@ -65,9 +68,12 @@ def install_cni(
     for module in sorted(source.glob("*.py")):
         _atomic_write(lib / "flannel" / "cni" / module.name, module.read_bytes(), 0o644)
     # Byte-compile with the plugin's own interpreter now: pod start must not pay for compiling.
-    subprocess.run(
-        [interpreter, "-I", "-m", "compileall", "-q", str(lib)], check=False, capture_output=True
-    )
+    if runnable_here:
+        subprocess.run(
+            [interpreter, "-I", "-m", "compileall", "-q", str(lib)],
+            check=False,
+            capture_output=True,
+        )
     launcher = (
         f"#!{interpreter} -IS\n"
         "import sys\n"
