@@ -50,10 +50,11 @@ async def test_watch_gives_snapshot_then_live_peers_without_own_lease() -> None:
     stream = manager.watch_leases(own)
     snapshot = await asyncio.wait_for(anext(stream), 5)
     assert [(e.type, e.lease.subnet) for e in snapshot] == [(EventType.ADDED, peer(1).subnet)]
-    manager.add_peer(peer(7, ip="7.7.7.7"))
+    third = 7 if own.subnet != peer(7).subnet else 8  # our own subnet is picked at random
+    manager.add_peer(peer(third, ip="7.7.7.7"))
     added = await asyncio.wait_for(anext(stream), 5)
-    assert [(e.type, e.lease.subnet) for e in added] == [(EventType.ADDED, peer(7).subnet)]
-    manager.remove_peer(IPv4Network("10.3.7.0/24"))
+    assert [(e.type, e.lease.subnet) for e in added] == [(EventType.ADDED, peer(third).subnet)]
+    manager.remove_peer(IPv4Network(f"10.3.{third}.0/24"))
     (removed,) = await asyncio.wait_for(anext(stream), 5)
     assert removed.type is EventType.REMOVED
     assert removed.lease.attrs.public_ip == IPv4Address("7.7.7.7")
