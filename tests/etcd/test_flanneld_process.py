@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,16 @@ def _etcdctl(ns: str, endpoint: str, *args: str) -> str:
     return out.stdout
 
 
+def _start_flanneld(
+    ns: str, etcd: EtcdServer, subnet_file: Path, *flags: str, output: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """The real flanneld inside ``ns`` against ``etcd`` (the caller ends it by its PID)."""
+    argv = [FLANNELD, f"--etcd-endpoints={etcd.endpoint}", f"--subnet-file={subnet_file}", *flags]
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, *argv], stdout=output, stderr=subprocess.STDOUT
+    )
+
+
 def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -114,20 +125,13 @@ def test_flanneld_leases_a_subnet_writes_subnet_env_and_exits_zero_on_sigterm(
     subnet_file = tmp_path / "run" / "subnet.env"
     log = (tmp_path / "flanneld.log").open("w")
     health_port = 24000 + secrets.randbelow(900)
-    proc = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            node_ns,
-            FLANNELD,
-            f"--etcd-endpoints={etcd.endpoint}",
-            f"--subnet-file={subnet_file}",
-            "--healthz-ip=127.0.0.1",
-            f"--healthz-port={health_port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    proc = _start_flanneld(
+        node_ns,
+        etcd,
+        subnet_file,
+        "--healthz-ip=127.0.0.1",
+        f"--healthz-port={health_port}",
+        output=log,
     )
     try:
         _wait(subnet_file.exists, 30, "subnet.env")
@@ -164,20 +168,7 @@ def test_flanneld_restart_keeps_its_subnet(node_ns: str, etcd: EtcdServer, tmp_p
     subnets = []
     for _ in range(2):
         subnet_file.unlink(missing_ok=True)
-        proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                node_ns,
-                FLANNELD,
-                f"--etcd-endpoints={etcd.endpoint}",
-                f"--subnet-file={subnet_file}",
-                "--iptables-forward-rules=false",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = _start_flanneld(node_ns, etcd, subnet_file, "--iptables-forward-rules=false")
         try:
             _wait(subnet_file.exists, 30, "subnet.env")
             subnets.append(subnet_file.read_text())
