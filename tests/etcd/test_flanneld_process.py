@@ -145,6 +145,8 @@ def test_flanneld_leases_a_subnet_writes_subnet_env_and_exits_zero_on_sigterm(
         value = _etcdctl(node_ns, etcd.endpoint, "get", key, "--print-value-only").strip()
         assert value == json.dumps({"PublicIP": NODE_IP, "PublicIPv6": None}, separators=(",", ":"))
         _wait(lambda: _readyz(node_ns, health_port) == 200, 10, "/readyz 200")
+        # re-exec'd with the system allocator (same PID) so trimmed memory is returned
+        assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
