@@ -1,12 +1,12 @@
-"""net-conf.json parsing and CheckNetworkConfig against upstream's conformance vectors (§9.3)."""
+"""net-conf.json parsing and CheckNetworkConfig against upstream's vectors (§9.3); subnet.env read-back edge cases."""
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
 from flannel.errors import ConfigError
 from flannel.model.config import check_network_config, parse_config
-from flannel.model.subnetenv import PreviousSubnets, parse_previous, render
+from flannel.model.subnetenv import parse_previous
 
 
 @pytest.mark.parametrize(
@@ -134,45 +134,6 @@ def test_backend_type_rules() -> None:
 def test_network_is_masked_and_unknown_keys_ignored() -> None:
     cfg = parse_config('{"Network":"10.1.2.3/16","Whatever":1}')
     assert cfg.network == IPv4Network("10.1.0.0/16")
-
-
-def test_subnet_env_renders_exactly_like_upstream() -> None:
-    text = render(
-        network=IPv4Network("10.5.0.0/16"),
-        subnet=IPv4Network("10.5.72.0/24"),
-        ipv6_network=None,
-        ipv6_subnet=None,
-        mtu=1450,
-        ip_masq=False,
-    )
-    assert (
-        text
-        == "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
-    )
-    dual = render(
-        network=IPv4Network("10.5.0.0/16"),
-        subnet=IPv4Network("10.5.72.0/24"),
-        ipv6_network=IPv6Network("2001:cafe:42::/56"),
-        ipv6_subnet=IPv6Network("2001:cafe:42::/64"),
-        mtu=1450,
-        ip_masq=True,
-    )
-    assert dual.splitlines()[2:4] == [
-        "FLANNEL_IPV6_NETWORK=2001:cafe:42::/56",
-        "FLANNEL_IPV6_SUBNET=2001:cafe:42::1/64",
-    ]
-
-
-def test_previous_subnets_read_back_in_network_form() -> None:
-    prev = parse_previous(
-        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\n"
-        "export FLANNEL_IPV6_SUBNET='fd00::1/64'\n# comment\nFLANNEL_MTU=1450\n"
-    )
-    assert prev == PreviousSubnets(
-        network=IPv4Network("10.5.0.0/16"),
-        subnet=IPv4Network("10.5.72.0/24"),
-        ipv6_subnet=IPv6Network("fd00::/64"),
-    )
 
 
 @pytest.mark.parametrize(
