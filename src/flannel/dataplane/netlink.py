@@ -408,22 +408,20 @@ def _addrs_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
     return out
 
 
-def _neighs_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
-    out: list[KernelObject] = []
+def _permanent_entries(msgs: Any, names: dict[int, str]) -> Iterator[tuple[str, str, str]]:
+    """(device, dst, lladdr) of permanent neighbour/FDB entries on known devices."""
     for msg in msgs:
         lladdr, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
         if msg["state"] & NUD_PERMANENT and lladdr and dst and msg["ifindex"] in names:
-            out.append(Neigh(device=names[msg["ifindex"]], ip=str(dst), mac=str(lladdr)))
-    return out
+            yield names[msg["ifindex"]], str(dst), str(lladdr)
+
+
+def _neighs_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
+    return [Neigh(device=d, ip=ip, mac=mac) for d, ip, mac in _permanent_entries(msgs, names)]
 
 
 def _fdb_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
-    out: list[KernelObject] = []
-    for msg in msgs:
-        lladdr, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
-        if msg["state"] & NUD_PERMANENT and lladdr and dst and msg["ifindex"] in names:
-            out.append(Fdb(device=names[msg["ifindex"]], mac=str(lladdr), dst=str(dst)))
-    return out
+    return [Fdb(device=d, mac=mac, dst=dst) for d, dst, mac in _permanent_entries(msgs, names)]
 
 
 def _routes_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:

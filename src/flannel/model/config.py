@@ -83,25 +83,15 @@ def _cidr_text(value: object, name: str) -> str:
     return text
 
 
-def _ipv4_network(value: object, name: str) -> IPv4Network:
+def _network(value: object, name: str, version: int) -> IPv4Network | IPv6Network:
+    """Go's IP4Net/IP6Net UnmarshalJSON: a CIDR string of that family, stored masked."""
     text = _cidr_text(value, name)
     try:
         net = ip_network(text, strict=False)
     except ValueError:
         raise ConfigError(f"invalid CIDR address: {text} (field {name})") from None
-    if not isinstance(net, IPv4Network):
-        raise ConfigError(f"invalid IPv4 CIDR format (field {name}: {text})")
-    return net
-
-
-def _ipv6_network(value: object, name: str) -> IPv6Network:
-    text = _cidr_text(value, name)
-    try:
-        net = ip_network(text, strict=False)
-    except ValueError:
-        raise ConfigError(f"invalid CIDR address: {text} (field {name})") from None
-    if not isinstance(net, IPv6Network):
-        raise ConfigError(f"invalid IPv6 CIDR format (field {name}: {text})")
+    if net.version != version:
+        raise ConfigError(f"invalid IPv{version} CIDR format (field {name}: {text})")
     return net
 
 
@@ -140,9 +130,9 @@ def _decode_field(name: str, value: object) -> object:
     if name in ("EnableIPv4", "EnableIPv6", "EnableNFTables"):
         return _bool(value, name)
     if name == "Network":
-        return _ipv4_network(value, name)
+        return _network(value, name, 4)
     if name == "IPv6Network":
-        return _ipv6_network(value, name)
+        return _network(value, name, 6)
     if name in ("SubnetMin", "SubnetMax"):
         return _ip(value, name, 4)
     if name in ("IPv6SubnetMin", "IPv6SubnetMax"):
