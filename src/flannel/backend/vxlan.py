@@ -39,7 +39,7 @@ ENCAP_OVERHEAD = 50
 ENCAP_OVERHEAD_V6 = 70
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VxlanConfig:
     """The Backend object of net-conf.json for vxlan (keys matched case-insensitively, like Go)."""
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
+import functools
 import logging
+from collections.abc import Callable
+from typing import cast
 
 logger = logging.getLogger(__name__)
 
@@ -19,19 +21,22 @@ TRIM_AFTER_START_S = 2.0
 TRIM_PERIOD_S = 5.0  # trimming costs well under a millisecond; a pass can free ~10 MiB
 
 
-def malloc_trim() -> bool:
-    """Call glibc's malloc_trim(0); False where there is no glibc (e.g. musl)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
+@functools.cache
+def _libc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (find_library would spawn ldconfig on every call)."""
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the symbols already loaded into this process
     except (OSError, AttributeError):
-        return False
+        return None  # not glibc (e.g. musl)
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return bool(trim(0))
+    return cast(Callable[[int], int], trim)
+
+
+def malloc_trim() -> bool:
+    """Call glibc's malloc_trim(0); False where there is no glibc (e.g. musl)."""
+    trim = _libc_trim()
+    return bool(trim(0)) if trim is not None else False
 
 
 async def trim_loop() -> None:

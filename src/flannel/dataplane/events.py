@@ -11,19 +11,16 @@ ENOBUFS (the kernel dropped notifications) is answered with a full pass, never b
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import logging
-import os
 import socket
 import struct
-import threading
 
 from flannel.dataplane.reconciler import Reconciler
+from flannel.dataplane.rtnl import open_route_socket
 
 logger = logging.getLogger(__name__)
 
-NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
 RTMGRP_NEIGH = 0x4
 RTMGRP_IPV4_ROUTE = 0x40
@@ -31,42 +28,15 @@ RTMGRP_IPV6_ROUTE = 0x400
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-CLONE_NEWNET = 0x40000000
 NUD_PERMANENT = 0x80
 
 
-def _setns(fd: int) -> None:
-    """setns(2) via libc: os.setns only exists from Python 3.12."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def _open_in(netns: str | None) -> socket.socket:
-    """Open the subscription socket, inside ``netns`` when given (setns affects only this thread)."""
+    """The subscription socket, inside ``netns`` when given, with room for a burst of events."""
     groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
-    result: list[socket.socket | BaseException] = []
-
-    def opener() -> None:
-        try:
-            if netns:
-                with open(f"/run/netns/{netns}", "rb") as target:
-                    _setns(target.fileno())
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            sock.bind((0, groups))
-            sock.setblocking(False)
-            result.append(sock)
-        except OSError as exc:
-            result.append(exc)
-
-    thread = threading.Thread(target=opener, name="netlink-opener")  # dies with its namespace
-    thread.start()
-    thread.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+    sock = open_route_socket(netns, groups, rcvbuf=1 << 20)
+    sock.setblocking(False)
+    return sock
 
 
 def relevant(data: bytes) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 
+from flannel.dataplane import readback, rtnl
 from flannel.dataplane._pyroute2_light import load_light
 from flannel.dataplane.objects import (
     MAIN_TABLE,
@@ -28,7 +30,6 @@ from flannel.dataplane.objects import (
     Link,
     Neigh,
     Route,
-    VxlanParams,
     describe,
 )
 from flannel.errors import KernelError
@@ -69,12 +70,20 @@ def kernel_error(what: str, exc: BaseException) -> KernelError:
     return KernelError(f"{what}: {name} ({exc}); check the device exists and we have CAP_NET_ADMIN")
 
 
-@contextmanager
-def _ipr(netns: str | None = None) -> Iterator[Any]:
+def _open_iproute(netns: str | None) -> Any:
+    """pyroute2's socket in ``netns``; a missing namespace is an error, never silently created
+    (pyroute2's default flags would create it, and a failed open leaks its helper sockets)."""
+    if netns and not os.path.exists(f"/run/netns/{netns}"):
+        raise KernelError(f"network namespace {netns} does not exist (/run/netns/{netns})")
     try:
-        ipr = IPRoute(netns=netns) if netns else IPRoute()
+        return IPRoute(netns=netns, flags=0) if netns else IPRoute()
     except (NetlinkError, OSError) as exc:
         raise kernel_error(f"open netlink socket (netns {netns or 'current'})", exc) from exc
+
+
+@contextmanager
+def _ipr(netns: str | None = None) -> Iterator[Any]:
+    ipr = _open_iproute(netns)
     try:
         yield ipr
     finally:
@@ -198,16 +207,13 @@ class NetlinkKernel:
         self.netns = netns
         self._ipr: Any = None
         self._indexes: dict[str, int] = {}  # name -> ifindex, refreshed by every read_state
+        self._dump_sock: socket.socket | None = None  # raw rtnetlink socket for read_state
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
 
     def _on_worker(self, fn: Callable[[Any], T]) -> T:
         def call() -> T:
             if self._ipr is None:
-                try:
-                    self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
-                except (NetlinkError, OSError) as exc:
-                    where = f"netns {self.netns or 'current'}"
-                    raise kernel_error(f"open netlink socket ({where})", exc) from exc
+                self._ipr = _open_iproute(self.netns)
             try:
                 return fn(self._ipr)
             except KernelError as exc:
@@ -234,6 +240,7 @@ class NetlinkKernel:
         return self._worker.submit(call).result()
 
     def _drop(self) -> None:
+        self._drop_dump_socket()
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
@@ -255,21 +262,26 @@ class NetlinkKernel:
         """Every link and address, permanent neighbours/FDB entries and main-table routes."""
         return self._on_worker(self._read_state)
 
-    def _read_state(self, ipr: Any) -> list[KernelObject]:
-        try:
-            links = ipr.get_links()
-            names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in links}
+    def _read_state(self, _ipr: Any) -> list[KernelObject]:
+        where = f"netns {self.netns or 'current'}"
+        for _attempt in range(3):
+            try:
+                if self._dump_sock is None:
+                    self._dump_sock = rtnl.open_route_socket(self.netns)
+                objects, names = readback.read_state(self._dump_sock)
+            except rtnl.DumpInterrupted:
+                continue  # the kernel changed the table mid-dump: read again
+            except OSError as exc:
+                self._drop_dump_socket()  # replies of the failed dump must not reach the next one
+                raise kernel_error(f"dump kernel state ({where})", exc) from exc
             self._indexes = {name: index for index, name in names.items()}
-            out: list[KernelObject] = [_link_from(m) for m in links]
-            out += _addrs_from(ipr.get_addr(), names)
-            out += _neighs_from(ipr.get_neighbours(), names)
-            out += _fdb_from(ipr.get_neighbours(family=AF_BRIDGE), names)
-            for fam in (socket.AF_INET, socket.AF_INET6):
-                out += _routes_from(ipr.get_routes(family=fam, table=MAIN_TABLE), names)
-        except (NetlinkError, OSError) as exc:
-            where = f"netns {self.netns or 'current'}"
-            raise kernel_error(f"dump kernel state ({where})", exc) from exc
-        return out
+            return objects
+        raise KernelError(f"dump kernel state ({where}): interrupted 3 times by concurrent changes")
+
+    def _drop_dump_socket(self) -> None:
+        if self._dump_sock is not None:
+            self._dump_sock.close()
+            self._dump_sock = None
 
     def apply(self, action: str, obj: KernelObject) -> None:
         """Perform ``action`` (create/update/delete) on ``obj``; KernelError names the object."""
@@ -370,77 +382,3 @@ _APPLY: dict[type, Any] = {
     Fdb: _apply_fdb,
     Route: _apply_route,
 }
-
-
-def _link_from(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = str(info.get_attr("IFLA_INFO_KIND")) if info is not None else ""
-    vxlan = None
-    if kind == "vxlan":
-        data = info.get_attr("IFLA_INFO_DATA")
-        local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
-        vxlan = VxlanParams(
-            vni=int(data.get_attr("IFLA_VXLAN_ID") or 0),
-            port=int(data.get_attr("IFLA_VXLAN_PORT") or 0),
-            local=str(local) if local else None,
-            underlay_index=int(data.get_attr("IFLA_VXLAN_LINK") or 0) or None,
-            learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-            gbp=data.get_attr("IFLA_VXLAN_GBP") is not None,
-        )
-    return Link(
-        name=str(msg.get_attr("IFLA_IFNAME")),
-        kind=kind,
-        vxlan=vxlan,
-        mtu=int(msg.get_attr("IFLA_MTU") or 0),
-        mac=msg.get_attr("IFLA_ADDRESS"),
-        up=bool(msg["flags"] & IFF_UP),
-    )
-
-
-def _addrs_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
-    out: list[KernelObject] = []
-    for msg in msgs:
-        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        if addr and msg["index"] in names:
-            out.append(
-                Addr(device=names[msg["index"]], address=str(addr), prefixlen=msg["prefixlen"])
-            )
-    return out
-
-
-def _permanent_entries(msgs: Any, names: dict[int, str]) -> Iterator[tuple[str, str, str]]:
-    """(device, dst, lladdr) of permanent neighbour/FDB entries on known devices."""
-    for msg in msgs:
-        lladdr, dst = msg.get_attr("NDA_LLADDR"), msg.get_attr("NDA_DST")
-        if msg["state"] & NUD_PERMANENT and lladdr and dst and msg["ifindex"] in names:
-            yield names[msg["ifindex"]], str(dst), str(lladdr)
-
-
-def _neighs_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
-    return [Neigh(device=d, ip=ip, mac=mac) for d, ip, mac in _permanent_entries(msgs, names)]
-
-
-def _fdb_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
-    return [Fdb(device=d, mac=mac, dst=dst) for d, dst, mac in _permanent_entries(msgs, names)]
-
-
-def _routes_from(msgs: Any, names: dict[int, str]) -> list[KernelObject]:
-    out: list[KernelObject] = []
-    for msg in msgs:
-        if msg["type"] not in (RTN_UNICAST, RTN_BLACKHOLE):
-            continue
-        dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if msg["family"] == socket.AF_INET else "::")
-        oif = msg.get_attr("RTA_OIF")
-        gateway = msg.get_attr("RTA_GATEWAY")
-        out.append(
-            Route(
-                dst=f"{dst}/{msg['dst_len']}",
-                device=names.get(int(oif)) if oif is not None else None,
-                gateway=str(gateway) if gateway else None,
-                onlink=bool(msg["flags"] & RTNH_F_ONLINK),
-                protocol=int(msg["proto"]),
-                type="blackhole" if msg["type"] == RTN_BLACKHOLE else "unicast",
-                table=int(msg.get_attr("RTA_TABLE") or msg["table"]),
-            )
-        )
-    return out

@@ -22,7 +22,7 @@ MAIN_TABLE = 254
 DEFAULT_VXLAN_PORT = 8472  # upstream passes Port 0 to the kernel as 8472 (Linux legacy default)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VxlanParams:
     """The vxlan attributes that decide whether an existing device can be reused."""
 
@@ -34,7 +34,7 @@ class VxlanParams:
     gbp: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Link:
     """A network device. ``mac``/``mtu`` None means "whatever the kernel chose" (not compared)."""
 
@@ -54,7 +54,7 @@ class Link:
         return self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Addr:
     """An interface address ``address/prefixlen`` on ``device``."""
 
@@ -67,7 +67,7 @@ class Addr:
         return ("addr", self.device, f"{self.address}/{self.prefixlen}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Neigh:
     """A permanent neighbour (ARP/NDP) entry: ``ip lladdr mac PERMANENT``."""
 
@@ -80,7 +80,7 @@ class Neigh:
         return ("neigh", self.device, self.ip)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fdb:
     """A permanent vxlan forwarding entry: ``mac dst <underlay ip> self permanent``."""
 
@@ -93,7 +93,7 @@ class Fdb:
         return ("fdb", self.device, self.mac)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """A route in ``table``. ``dst`` is a CIDR text; blackhole routes have no device or gateway."""
 

@@ -26,7 +26,7 @@ from flannel.dataplane.objects import (
 Action = Literal["create", "update", "delete"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Operation:
     """One kernel change."""
 
@@ -34,7 +34,7 @@ class Operation:
     obj: KernelObject
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Scope:
     """What flannel owns: objects on its devices inside the cluster networks, tagged routes."""
 

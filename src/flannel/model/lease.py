@@ -26,7 +26,7 @@ def compact_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     """What a node publishes about itself with its lease (the etcd value / node annotations).
 
@@ -117,7 +117,7 @@ def _raw(fields: dict[str, Any], key: str) -> str | None:
     return compact_json(fields[key])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """A subnet leased to one node.
 
@@ -155,7 +155,7 @@ class EventType(enum.Enum):
     REMOVED = "removed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseEvent:
     """One lease change: a peer appeared/changed (ADDED) or went away (REMOVED)."""
 

@@ -38,7 +38,7 @@ class EtcdCompactedError(DatastoreError):
         self.compact_revision = compact_revision
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyValue:
     """One etcd key as flannel needs it (``lease`` 0 = no lease, i.e. a reservation)."""
 
@@ -48,7 +48,7 @@ class KeyValue:
     mod_revision: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WatchEvent:
     """A PUT (``deleted`` False) or DELETE of one key."""
 

@@ -25,7 +25,7 @@ BACKOFF_START_S = 0.1
 BACKOFF_MAX_S = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Every key under the watched prefix at ``revision``."""
 
@@ -33,7 +33,7 @@ class Snapshot:
     revision: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Changes:
     """Events newer than the last snapshot or batch."""
 
