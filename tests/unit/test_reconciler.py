@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from flannel.dataplane.objects import KernelObject, Link, Route, VxlanParams
@@ -150,3 +151,19 @@ async def test_run_loop_survives_a_failed_dump_and_reaches_the_desired_state() -
         await asyncio.gather(task, return_exceptions=True)
     assert set(kernel.objects) == {LINK.key, ROUTE.key}
     assert kernel.read_fails == 0 and rec.metrics.failures == 2
+
+
+async def test_cancel_arriving_with_a_wake_up_still_stops_the_loop() -> None:
+    # A netlink event (poke) and shutdown (cancel) in the same loop tick: the run loop must end.
+    # With asyncio.wait_for on Python 3.11 the cancellation was swallowed and shutdown hung.
+    for _ in range(20):
+        rec = Reconciler(FakeKernel(), SCOPE)
+        rec.set_group("self", [LINK])
+        task = asyncio.create_task(rec.run())
+        await asyncio.wait_for(rec.wait_reconciled(), 5)
+        await asyncio.sleep(0.001)  # the loop is now parked waiting for a wake-up
+        rec.poke(drift=True)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert task in done, "the reconciler kept running after being cancelled"
+        assert task.cancelled()

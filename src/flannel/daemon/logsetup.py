@@ -56,7 +56,6 @@ def setup_logging(verbosity: int, log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
     for noisy in (
-        "pyroute2",
         "grpc",
         "aetcd",
         "httpx",

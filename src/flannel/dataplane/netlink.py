@@ -1,10 +1,11 @@
-"""The netlink adapter: the ONLY module importing pyroute2.
+"""The netlink adapter: flannel's kernel objects in and out of the kernel, over raw rtnetlink.
 
-Choice: pyroute2's synchronous ``IPRoute``, called from worker threads (``asyncio.to_thread``) by the
-reconciler and the daemon. The sync API is the long-stable one and keeps every kernel call a plain
-function that tests can run directly; one ``NetlinkKernel`` owns one socket, used by one thread at a
-time (the reconciler serialises its passes). Every pyroute2/OSError failure is translated here, once,
-into ``flannel.errors.KernelError`` naming the object and the errno.
+Writes are encoded here as the same requests iproute2 sends (``ip link add … type vxlan``, ``ip
+neigh replace … nud permanent``, ``bridge fdb replace … self permanent``, ``ip route replace``);
+reads are decoded in ``readback``; the wire framing is in ``rtnl``. One ``NetlinkKernel`` owns one
+socket per namespace, used from its own worker thread so a whole reconcile pass runs there without
+thread hops. Every failure is translated here, once, into ``flannel.errors.KernelError`` naming the
+object, the errno and, when the kernel gave one, its extended-ack message.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import errno as errno_mod
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +23,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 
 from flannel.dataplane import readback, rtnl
-from flannel.dataplane._pyroute2_light import load_light
 from flannel.dataplane.objects import (
-    MAIN_TABLE,
     Addr,
     Fdb,
     KernelObject,
@@ -33,146 +33,110 @@ from flannel.dataplane.objects import (
     describe,
 )
 from flannel.errors import KernelError
-from flannel.model.iface import InterfaceAddress, InterfaceInfo
-
-load_light()
-from pyroute2.iproute.linux import IPRoute  # noqa: E402  (after the light package shell)
-from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+from flannel.model.iface import InterfaceInfo
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
+AF_BRIDGE = 7
+IFF_UP = 0x01
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x04
-IFF_UP = 0x01
-IFA_F_TEMPORARY = 0x01
-IFA_F_DEPRECATED = 0x20
-IFA_F_PERMANENT = 0x80
-RTN_UNICAST = 1
-RTN_BLACKHOLE = 6
-AF_BRIDGE = 7
+RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 RTPROT_BOOT = 3
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
+RT_TABLE_UNSPEC = 0
+CREATE_OR_REPLACE = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
 
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
+IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 15, 17, 23
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+NDA_DST, NDA_LLADDR = 1, 2
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 
-def _errno_of(exc: BaseException) -> int:
-    if isinstance(exc, NetlinkError):
-        return int(exc.code)
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.errno
-    return 0
+_GONE = (errno_mod.ENOENT, errno_mod.ESRCH, errno_mod.ENODEV, errno_mod.EADDRNOTAVAIL)
 
 
 def kernel_error(what: str, exc: BaseException) -> KernelError:
-    """Translate a pyroute2/OS failure into KernelError naming the object and errno."""
-    code = _errno_of(exc)
+    """Translate an OS/netlink failure into KernelError naming the object and errno."""
+    code = exc.errno if isinstance(exc, OSError) and exc.errno is not None else 0
     name = errno_mod.errorcode.get(code, str(code))
     return KernelError(f"{what}: {name} ({exc}); check the device exists and we have CAP_NET_ADMIN")
 
 
-def _open_iproute(netns: str | None) -> Any:
-    """pyroute2's socket in ``netns``; a missing namespace is an error, never silently created
-    (pyroute2's default flags would create it, and a failed open leaks its helper sockets)."""
+def _open(netns: str | None) -> socket.socket:
+    """A route socket in ``netns``; a missing namespace is an error, never created."""
     if netns and not os.path.exists(f"/run/netns/{netns}"):
         raise KernelError(f"network namespace {netns} does not exist (/run/netns/{netns})")
     try:
-        return IPRoute(netns=netns, flags=0) if netns else IPRoute()
-    except (NetlinkError, OSError) as exc:
+        return rtnl.open_route_socket(netns)
+    except OSError as exc:
         raise kernel_error(f"open netlink socket (netns {netns or 'current'})", exc) from exc
 
 
 @contextmanager
-def _ipr(netns: str | None = None) -> Iterator[Any]:
-    ipr = _open_iproute(netns)
+def _socket(what: str) -> Iterator[socket.socket]:
+    """A socket in the current namespace for one daemon-facing query; errors name ``what``."""
+    sock = _open(None)
     try:
-        yield ipr
+        yield sock
+    except OSError as exc:
+        raise kernel_error(what, exc) from exc
     finally:
-        ipr.close()
+        sock.close()
 
 
 def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
-# ---------------------------------------------------------------- daemon-facing (stable signatures)
+def _ip_bytes(text: str) -> bytes:
+    return ip_address(text).packed
+
+
+def _mac_bytes(text: str) -> bytes:
+    return bytes(int(part, 16) for part in text.split(":"))
+
+
+# ---------------------------------------------------------------- daemon-facing queries
 
 
 def list_interfaces() -> list[InterfaceInfo]:
     """Every interface of the current namespace with its addresses in kernel order."""
-    with _ipr() as ipr:
-        try:
-            links = ipr.get_links()
-            addrs = ipr.get_addr()
-        except (NetlinkError, OSError) as exc:
-            raise kernel_error("list interfaces", exc) from exc
-    by_index: dict[int, list[InterfaceAddress]] = {}
-    for msg in addrs:
-        flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
-        addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-        if addr is None:
-            continue
-        by_index.setdefault(msg["index"], []).append(
-            InterfaceAddress(
-                address=ip_address(addr),
-                prefixlen=msg["prefixlen"],
-                permanent=bool(flags & IFA_F_PERMANENT),
-                deprecated=bool(flags & IFA_F_DEPRECATED),
-                temporary=bool(flags & IFA_F_TEMPORARY),
-            )
-        )
-    return [
-        InterfaceInfo(
-            name=str(link.get_attr("IFLA_IFNAME")),
-            index=int(link["index"]),
-            mtu=int(link.get_attr("IFLA_MTU") or 0),
-            up=bool(link["flags"] & IFF_UP),
-            addresses=tuple(by_index.get(link["index"], ())),
-        )
-        for link in links
-    ]
+    with _socket("list interfaces") as sock:
+        return readback.interfaces(sock)
 
 
 def default_route_ifindex(family: int) -> int | None:
     """Output interface of the main-table default route (``family`` 4 or 6), None without one."""
-    with _ipr() as ipr:
-        try:
-            routes = ipr.get_routes(family=_family(family), table=MAIN_TABLE)
-        except (NetlinkError, OSError) as exc:
-            raise kernel_error(f"list IPv{family} routes", exc) from exc
-    for route in routes:
-        if route["dst_len"] == 0 and route["type"] == RTN_UNICAST:
-            oif = route.get_attr("RTA_OIF")
-            if oif is not None:
-                return int(oif)
-            for hop in route.get_attr("RTA_MULTIPATH") or ():
-                return int(hop["oif"])
-    return None
+    with _socket(f"list IPv{family} routes") as sock:
+        return readback.default_route_oif(sock, _family(family))
 
 
 def route_get(ip: str) -> tuple[int, str | None]:
     """``ip route get <ip>``: the (ifindex, preferred source) the kernel would use to reach ``ip``."""
-    with _ipr() as ipr:
-        try:
-            result = ipr.route("get", dst=ip)
-        except (NetlinkError, OSError) as exc:
-            raise kernel_error(f"route get {ip} (is it reachable from this host?)", exc) from exc
-    msg = result[0]
-    src = msg.get_attr("RTA_PREFSRC")
-    return int(msg.get_attr("RTA_OIF")), (str(src) if src is not None else None)
+    dst = ip_address(ip)
+    header = readback.RTMSG.pack(_family(dst.version), dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
+    with _socket(f"route get {ip} (is it reachable from this host?)") as sock:
+        reply = rtnl.call(sock, RTM_GETROUTE, 0, header + rtnl.attr(RTA_DST, dst.packed))
+    if reply is None:
+        raise KernelError(f"route get {ip}: the kernel sent no route")
+    return readback.route_reply(reply)
 
 
 def has_blackhole_route(net: IPv4Network | IPv6Network) -> bool:
     """True when the main table holds ``blackhole <net>``."""
-    with _ipr() as ipr:
-        try:
-            routes = ipr.get_routes(family=_family(net.version), table=MAIN_TABLE)
-        except (NetlinkError, OSError) as exc:
-            raise kernel_error(f"list routes looking for blackhole {net}", exc) from exc
-    for route in routes:
-        same_dst = route.get_attr("RTA_DST") == str(net.network_address)
-        if route["type"] == RTN_BLACKHOLE and route["dst_len"] == net.prefixlen and same_dst:
-            return True
-    return False
+    with _socket(f"list routes looking for blackhole {net}") as sock:
+        objects, _names = readback.read_state(sock)
+    wanted = str(net)
+    return any(isinstance(o, Route) and o.type == "blackhole" and o.dst == wanted for o in objects)
 
 
 def ensure_blackhole_route(net: IPv4Network | IPv6Network) -> None:
@@ -196,31 +160,23 @@ _worker_flag = threading.local()
 class NetlinkKernel:
     """Reads and writes flannel's kernel objects in one namespace (``netns`` None = current).
 
-    pyroute2's sync IPRoute runs a private event loop and must be created, used and closed on one
-    thread, so every call is handed to this kernel's own single worker thread, which keeps one
-    socket open across calls (a socket-level failure such as ENOBUFS drops it; the next call opens
-    a fresh one). Callers may call from any thread, but not from a thread running an event loop
-    that they would block.
+    Every call runs on this kernel's single worker thread, which keeps one socket open across
+    calls; a socket-level failure (ENOBUFS, a timeout) drops it and the next call opens a fresh one,
+    so replies of an abandoned request never reach the next. Callers may call from any thread, but
+    not from a thread running an event loop that they would block.
     """
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._ipr: Any = None
+        self._sock: socket.socket | None = None
         self._indexes: dict[str, int] = {}  # name -> ifindex, refreshed by every read_state
-        self._dump_sock: socket.socket | None = None  # raw rtnetlink socket for read_state
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
 
-    def _on_worker(self, fn: Callable[[Any], T]) -> T:
+    def _on_worker(self, fn: Callable[[socket.socket], T]) -> T:
         def call() -> T:
-            if self._ipr is None:
-                self._ipr = _open_iproute(self.netns)
-            try:
-                return fn(self._ipr)
-            except KernelError as exc:
-                cause = exc.__cause__
-                if isinstance(cause, OSError) and not isinstance(cause, NetlinkError):
-                    self._drop()
-                raise
+            if self._sock is None:
+                self._sock = _open(self.netns)
+            return fn(self._sock)
 
         if getattr(_worker_flag, "owner", None) is self:
             return call()  # already on our worker (a whole pass runs there): no thread hop
@@ -240,145 +196,191 @@ class NetlinkKernel:
         return self._worker.submit(call).result()
 
     def _drop(self) -> None:
-        self._drop_dump_socket()
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
-
-    def _index(self, ipr: Any, name: str) -> int:
-        if name not in self._indexes:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
-                raise KernelError(f"device {name} does not exist (it is created by the backend)")
-            self._indexes[name] = int(found[0])
-        return self._indexes[name]
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def close(self) -> None:
         """Close the socket and stop the worker thread (call at shutdown)."""
         self._worker.submit(self._drop).result()
         self._worker.shutdown()
 
+    def _index(self, sock: socket.socket, name: str) -> int:
+        if name not in self._indexes:
+            header = readback.IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+            request = header + rtnl.attr(IFLA_IFNAME, name.encode() + b"\0")
+            try:
+                reply = rtnl.call(sock, RTM_GETLINK, 0, request)
+            except OSError as exc:
+                if exc.errno == errno_mod.ENODEV:
+                    raise KernelError(
+                        f"device {name} does not exist (it is created by the backend)"
+                    ) from exc
+                raise
+            if reply is None:
+                raise KernelError(f"device {name}: the kernel sent no link")
+            self._indexes[name] = readback.IFINFOMSG.unpack_from(reply)[2]
+        return self._indexes[name]
+
     def read_state(self) -> list[KernelObject]:
         """Every link and address, permanent neighbours/FDB entries and main-table routes."""
         return self._on_worker(self._read_state)
 
-    def _read_state(self, _ipr: Any) -> list[KernelObject]:
+    def _read_state(self, sock: socket.socket) -> list[KernelObject]:
         where = f"netns {self.netns or 'current'}"
         for _attempt in range(3):
             try:
-                if self._dump_sock is None:
-                    self._dump_sock = rtnl.open_route_socket(self.netns)
-                objects, names = readback.read_state(self._dump_sock)
+                objects, names = readback.read_state(sock)
             except rtnl.DumpInterrupted:
                 continue  # the kernel changed the table mid-dump: read again
             except OSError as exc:
-                self._drop_dump_socket()  # replies of the failed dump must not reach the next one
+                self._drop()
                 raise kernel_error(f"dump kernel state ({where})", exc) from exc
             self._indexes = {name: index for index, name in names.items()}
             return objects
         raise KernelError(f"dump kernel state ({where}): interrupted 3 times by concurrent changes")
 
-    def _drop_dump_socket(self) -> None:
-        if self._dump_sock is not None:
-            self._dump_sock.close()
-            self._dump_sock = None
-
     def apply(self, action: str, obj: KernelObject) -> None:
         """Perform ``action`` (create/update/delete) on ``obj``; KernelError names the object."""
 
-        def run(ipr: Any) -> None:
+        def run(sock: socket.socket) -> None:
             try:
-                _APPLY[type(obj)](ipr, action, obj, lambda name: self._index(ipr, name))
+                for msg_type, flags, body in _REQUESTS[type(obj)](
+                    action, obj, lambda name: self._index(sock, name)
+                ):
+                    rtnl.call(sock, msg_type, flags, body)
                 if isinstance(obj, Link):
                     self._indexes.pop(obj.name, None)
-            except (NetlinkError, OSError) as exc:
+            except OSError as exc:
                 self._indexes.clear()  # a device may have been recreated under a new index
-                if action == "delete" and _errno_of(exc) in _GONE:
+                if isinstance(exc, TimeoutError) or exc.errno is None:
+                    self._drop()  # the socket's state is unknown: start over with a fresh one
+                if action == "delete" and exc.errno in _GONE:
                     return  # already gone: the goal of a delete is reached
                 raise kernel_error(f"{action} {describe(obj)}", exc) from exc
 
         self._on_worker(run)
 
 
-_GONE = (errno_mod.ENOENT, errno_mod.ESRCH, errno_mod.ENODEV)
+# ---------------------------------------------------------------- object -> request encoders
+# Each encoder is a generator: ``apply`` sends a request before asking for the next, so a later
+# request may use what an earlier one created (the ifindex of a link just added).
+
+Request = tuple[int, int, bytes]  # message type, extra flags, body
+IndexOf = Callable[[str], int]
 
 
-def _apply_link(ipr: Any, action: str, obj: Link, index: Callable[[str], int]) -> None:
+def _u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+def _link_requests(action: str, obj: Link, index: IndexOf) -> Iterator[Request]:
     if action == "delete":
-        ipr.link("del", index=index(obj.name))
+        yield RTM_DELLINK, 0, readback.IFINFOMSG.pack(0, 0, index(obj.name), 0, 0)
         return
     if action == "create":
-        kwargs: dict[str, Any] = {"ifname": obj.name, "kind": obj.kind}
-        if obj.vxlan is not None:
-            vx = obj.vxlan
-            kwargs.update(vxlan_id=vx.vni, vxlan_port=vx.port, vxlan_learning=int(vx.learning))
-            if vx.local:
-                kwargs["vxlan_local" if ":" not in vx.local else "vxlan_local6"] = vx.local
-            if vx.underlay_index:
-                kwargs["vxlan_link"] = vx.underlay_index
-            if vx.gbp:
-                kwargs["vxlan_gbp"] = True
+        attrs = [rtnl.attr(IFLA_IFNAME, obj.name.encode() + b"\0")]
         if obj.mac:
-            kwargs["address"] = obj.mac
+            attrs.append(rtnl.attr(IFLA_ADDRESS, _mac_bytes(obj.mac)))
         if obj.mtu:
-            kwargs["mtu"] = obj.mtu
-        ipr.link("add", **kwargs)
-    settings: dict[str, Any] = {"state": "up" if obj.up else "down"}
-    if obj.mtu:
-        settings["mtu"] = obj.mtu
-    ipr.link("set", index=index(obj.name), **settings)
+            attrs.append(rtnl.attr(IFLA_MTU, _u32(obj.mtu)))
+        info = [rtnl.attr(IFLA_INFO_KIND, obj.kind.encode())]
+        if obj.vxlan is not None:
+            info.append(rtnl.nested(IFLA_INFO_DATA, *_vxlan_attrs(obj)))
+        attrs.append(rtnl.nested(IFLA_LINKINFO, *info))
+        header = readback.IFINFOMSG.pack(0, 0, 0, 0, 0)
+        yield RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, header + b"".join(attrs)
+    up = IFF_UP if obj.up else 0
+    body = readback.IFINFOMSG.pack(0, 0, index(obj.name), up, IFF_UP)
+    yield RTM_NEWLINK, 0, body + (rtnl.attr(IFLA_MTU, _u32(obj.mtu)) if obj.mtu else b"")
 
 
-def _apply_addr(ipr: Any, action: str, obj: Addr, index: Callable[[str], int]) -> None:
-    verb = "del" if action == "delete" else "replace"
-    ipr.addr(verb, index=index(obj.device), address=obj.address, prefixlen=obj.prefixlen)
+def _vxlan_attrs(obj: Link) -> list[bytes]:
+    assert obj.vxlan is not None
+    vx = obj.vxlan
+    data = [
+        rtnl.attr(IFLA_VXLAN_ID, _u32(vx.vni)),
+        rtnl.attr(IFLA_VXLAN_PORT, struct.pack("!H", vx.port)),
+        rtnl.attr(IFLA_VXLAN_LEARNING, bytes([int(vx.learning)])),
+    ]
+    if vx.local:
+        local = ip_address(vx.local)
+        data.append(
+            rtnl.attr(IFLA_VXLAN_LOCAL if local.version == 4 else IFLA_VXLAN_LOCAL6, local.packed)
+        )
+    if vx.underlay_index:
+        data.append(rtnl.attr(IFLA_VXLAN_LINK, _u32(vx.underlay_index)))
+    if vx.gbp:
+        data.append(rtnl.attr(IFLA_VXLAN_GBP, b""))
+    return data
 
 
-def _apply_neigh(ipr: Any, action: str, obj: Neigh, index: Callable[[str], int]) -> None:
-    idx = index(obj.device)
-    if action == "delete":
-        ipr.neigh("del", dst=obj.ip, ifindex=idx)
-        return
-    family = socket.AF_INET6 if ":" in obj.ip else socket.AF_INET
-    ipr.neigh(
-        "replace", dst=obj.ip, lladdr=obj.mac, ifindex=idx, state=NUD_PERMANENT, family=family
+def _addr_requests(action: str, obj: Addr, index: IndexOf) -> Iterator[Request]:
+    address = ip_address(obj.address)
+    header = readback.IFADDRMSG.pack(
+        _family(address.version), obj.prefixlen, 0, 0, index(obj.device)
     )
-
-
-def _apply_fdb(ipr: Any, action: str, obj: Fdb, index: Callable[[str], int]) -> None:
-    idx = index(obj.device)
+    body = header + rtnl.attr(IFA_LOCAL, address.packed) + rtnl.attr(IFA_ADDRESS, address.packed)
     if action == "delete":
-        ipr.fdb("del", ifindex=idx, lladdr=obj.mac, dst=obj.dst)
-        return
-    ipr.fdb(
-        "replace", ifindex=idx, lladdr=obj.mac, dst=obj.dst, state=NUD_PERMANENT, flags=NTF_SELF
-    )
+        yield RTM_DELADDR, 0, body
+    else:
+        yield RTM_NEWADDR, CREATE_OR_REPLACE, body
 
 
-def _apply_route(ipr: Any, action: str, obj: Route, index: Callable[[str], int]) -> None:
+def _neigh_requests(action: str, obj: Neigh, index: IndexOf) -> Iterator[Request]:
+    ip = ip_address(obj.ip)
+    header = readback.NDMSG.pack(_family(ip.version), index(obj.device), NUD_PERMANENT, 0, 0)
+    if action == "delete":
+        yield RTM_DELNEIGH, 0, header + rtnl.attr(NDA_DST, ip.packed)
+    else:
+        attrs = rtnl.attr(NDA_DST, ip.packed) + rtnl.attr(NDA_LLADDR, _mac_bytes(obj.mac))
+        yield RTM_NEWNEIGH, CREATE_OR_REPLACE, header + attrs
+
+
+def _fdb_requests(action: str, obj: Fdb, index: IndexOf) -> Iterator[Request]:
+    header = readback.NDMSG.pack(AF_BRIDGE, index(obj.device), NUD_PERMANENT, NTF_SELF, 0)
+    attrs = rtnl.attr(NDA_LLADDR, _mac_bytes(obj.mac)) + rtnl.attr(NDA_DST, _ip_bytes(obj.dst))
+    if action == "delete":
+        yield RTM_DELNEIGH, 0, header + attrs
+    else:
+        yield RTM_NEWNEIGH, CREATE_OR_REPLACE, header + attrs
+
+
+def _route_requests(action: str, obj: Route, index: IndexOf) -> Iterator[Request]:
     net = ip_network(obj.dst)
-    kwargs: dict[str, Any] = {
-        "dst": str(net.network_address),
-        "dst_len": net.prefixlen,
-        "family": socket.AF_INET6 if net.version == 6 else socket.AF_INET,
-        "table": obj.table,
-    }
-    if action != "delete":
-        kwargs["proto"] = obj.protocol
-        kwargs["type"] = RTN_BLACKHOLE if obj.type == "blackhole" else RTN_UNICAST
-        if obj.device:
-            kwargs["oif"] = index(obj.device)
-        if obj.gateway:
-            kwargs["gateway"] = obj.gateway
-        if obj.onlink:
-            kwargs["flags"] = RTNH_F_ONLINK
-    ipr.route("del" if action == "delete" else "replace", **kwargs)
+    family = _family(net.version)
+    table = obj.table if obj.table < 256 else RT_TABLE_UNSPEC
+    attrs = rtnl.attr(RTA_TABLE, _u32(obj.table)) + rtnl.attr(RTA_DST, net.network_address.packed)
+    if action == "delete":
+        # type, protocol 0 and scope NOWHERE are wildcards: delete the route at this slot.
+        header = readback.RTMSG.pack(family, net.prefixlen, 0, 0, table, 0, RT_SCOPE_NOWHERE, 0, 0)
+        yield RTM_DELROUTE, 0, header + attrs
+        return
+    blackhole = obj.type == "blackhole"
+    # As ip(8): a unicast route without a gateway reaches a directly connected network.
+    link_scope = not blackhole and not obj.gateway and net.version == 4
+    header = readback.RTMSG.pack(
+        family,
+        net.prefixlen,
+        0,
+        0,
+        table,
+        obj.protocol,
+        RT_SCOPE_LINK if link_scope else RT_SCOPE_UNIVERSE,
+        RTN_BLACKHOLE if blackhole else RTN_UNICAST,
+        RTNH_F_ONLINK if obj.onlink else 0,
+    )
+    if obj.device:
+        attrs += rtnl.attr(RTA_OIF, _u32(index(obj.device)))
+    if obj.gateway:
+        attrs += rtnl.attr(RTA_GATEWAY, _ip_bytes(obj.gateway))
+    yield RTM_NEWROUTE, CREATE_OR_REPLACE, header + attrs
 
 
-_APPLY: dict[type, Any] = {
-    Link: _apply_link,
-    Addr: _apply_addr,
-    Neigh: _apply_neigh,
-    Fdb: _apply_fdb,
-    Route: _apply_route,
+_REQUESTS: dict[type, Callable[[str, Any, IndexOf], Iterator[Request]]] = {
+    Link: _link_requests,
+    Addr: _addr_requests,
+    Neigh: _neigh_requests,
+    Fdb: _fdb_requests,
+    Route: _route_requests,
 }

@@ -99,5 +99,5 @@ class PeerNetwork:
         only the netlink sockets are released."""
         close = getattr(self.reconciler.kernel, "close", None)
         if close is not None:
-            # pyroute2's sync close runs its own loop: never on the event loop's thread.
+            # close joins the kernel's worker thread: never block the event loop on it.
             await asyncio.to_thread(close)

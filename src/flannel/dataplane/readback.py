@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from ipaddress import ip_address
 
 from flannel.dataplane import rtnl
 from flannel.dataplane.objects import (
@@ -23,6 +24,7 @@ from flannel.dataplane.objects import (
     Route,
     VxlanParams,
 )
+from flannel.model.iface import InterfaceAddress, InterfaceInfo
 
 RTM_GETLINK = 18
 RTM_GETADDR = 22
@@ -64,10 +66,6 @@ def _mac(value: memoryview) -> str:
     return ":".join(f"{byte:02x}" for byte in value)
 
 
-def _name(value: memoryview) -> str:
-    return bytes(value).split(b"\0", 1)[0].decode()
-
-
 def _vxlan(data: memoryview) -> VxlanParams:
     attrs = rtnl.attributes(data, 0)
     local = attrs.get(IFLA_VXLAN_LOCAL) or attrs.get(IFLA_VXLAN_LOCAL6)
@@ -91,13 +89,13 @@ def link_from(body: memoryview) -> tuple[int, Link]:
     kind, vxlan = "", None
     if IFLA_LINKINFO in attrs:
         info = rtnl.attributes(attrs[IFLA_LINKINFO], 0)
-        kind = _name(info[IFLA_INFO_KIND]) if IFLA_INFO_KIND in info else ""
+        kind = rtnl.cstring(info[IFLA_INFO_KIND]) if IFLA_INFO_KIND in info else ""
         if kind == "vxlan" and IFLA_INFO_DATA in info:
             vxlan = _vxlan(info[IFLA_INFO_DATA])
     mac = attrs.get(IFLA_ADDRESS)
     mtu = attrs.get(IFLA_MTU)
     return index, Link(
-        name=_name(attrs[IFLA_IFNAME]),
+        name=rtnl.cstring(attrs[IFLA_IFNAME]),
         kind=kind,
         vxlan=vxlan,
         mtu=_u32(mtu) if mtu is not None else 0,
@@ -175,3 +173,71 @@ def read_state(sock: socket.socket) -> tuple[list[KernelObject], dict[int, str]]
     for family in (socket.AF_INET, socket.AF_INET6):
         out += _routes(sock, family, names)
     return out, names
+
+
+# ---------------------------------------------------------------- interface selection at start
+
+IFA_FLAGS = 8
+IFA_F_TEMPORARY, IFA_F_DEPRECATED, IFA_F_PERMANENT = 0x01, 0x20, 0x80
+RTA_PREFSRC, RTA_MULTIPATH = 7, 9
+RTNEXTHOP = struct.Struct("=HBBi")  # length, flags, hops, ifindex
+
+
+def interfaces(sock: socket.socket) -> list[InterfaceInfo]:
+    """Every interface with its addresses in kernel order (for --iface and default selection)."""
+    links: list[tuple[int, Link]] = [
+        link_from(body)
+        for body in rtnl.dump(sock, RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+    ]
+    by_index: dict[int, list[InterfaceAddress]] = {}
+    for body in rtnl.dump(sock, RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        _family, prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(body)
+        attrs = rtnl.attributes(body, IFADDRMSG.size)
+        if IFA_FLAGS in attrs:
+            flags = _u32(attrs[IFA_FLAGS])  # the full 32-bit flags; ifa_flags holds the low 8
+        addr = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
+        if addr is None:
+            continue
+        by_index.setdefault(index, []).append(
+            InterfaceAddress(
+                address=ip_address(_ip(addr)),
+                prefixlen=prefixlen,
+                permanent=bool(flags & IFA_F_PERMANENT),
+                deprecated=bool(flags & IFA_F_DEPRECATED),
+                temporary=bool(flags & IFA_F_TEMPORARY),
+            )
+        )
+    return [
+        InterfaceInfo(
+            name=link.name,
+            index=index,
+            mtu=link.mtu or 0,
+            up=link.up,
+            addresses=tuple(by_index.get(index, ())),
+        )
+        for index, link in links
+    ]
+
+
+def default_route_oif(sock: socket.socket, family: int) -> int | None:
+    """Output interface of the main table's default route (first hop of a multipath one)."""
+    for body in rtnl.dump(sock, RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
+        _fam, dst_len, _src, _tos, table, _proto, _scope, kind, _flags = RTMSG.unpack_from(body)
+        attrs = rtnl.attributes(body, RTMSG.size)
+        if RTA_TABLE in attrs:
+            table = _u32(attrs[RTA_TABLE])
+        if dst_len or kind != RTN_UNICAST or table != MAIN_TABLE:
+            continue
+        if RTA_OIF in attrs:
+            return _u32(attrs[RTA_OIF])
+        hops = attrs.get(RTA_MULTIPATH)
+        if hops is not None and len(hops) >= RTNEXTHOP.size:
+            return int(RTNEXTHOP.unpack_from(hops)[3])
+    return None
+
+
+def route_reply(body: bytes) -> tuple[int, str | None]:
+    """(output ifindex, preferred source) of an RTM_GETROUTE reply."""
+    attrs = rtnl.attributes(memoryview(body), RTMSG.size)
+    src = attrs.get(RTA_PREFSRC)
+    return _u32(attrs[RTA_OIF]), (_ip(src) if src is not None else None)

@@ -191,8 +191,11 @@ class Reconciler:
                 self._applied_generation = generation
                 self._clean.set()
             delay = self.resync_seconds if ok else self._next_retry_delay()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that lands
+            # as the wake fires, and this loop then never ends (a hung shutdown).
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
                 await asyncio.sleep(0.02)  # coalesce a burst of events into one pass
             except TimeoutError:
                 pass

@@ -1,15 +1,17 @@
-"""Raw rtnetlink sockets (stdlib only): open one inside a named namespace, dump a table, walk attributes.
+"""Raw rtnetlink (stdlib only): open a socket inside a named namespace, send a request and wait for
+its acknowledgement, dump a table, build and walk attributes.
 
-Why not pyroute2 for reading: pyroute2 turns a whole dump into parsed message objects before the
-caller sees the first one. With 1200 peers the reconciler re-reads 3600 routes, neighbours and FDB
-entries on every pass, and those parsed dumps were the one thing keeping flanneld above its 50 MiB
-budget. Here a dump is consumed one kernel buffer at a time: the caller keeps the few fields it
-compares and everything else is garbage before the next buffer arrives. Writes stay with pyroute2
-(``netlink.py``); notifications (``events.py``) use the same socket opener.
+Why not a netlink library: flannel needs about a dozen message shapes (links, addresses, neighbours,
+FDB entries, routes). pyroute2, which the first version used, cost ~7 MiB of resident memory just to
+import and turned every dump into parsed message objects; with 1200 peers that alone put flanneld
+over the 50 MiB DaemonSet budget. Here a dump is consumed one kernel buffer at a time and the caller
+keeps only the fields it compares. ``netlink.py`` encodes flannel's objects into requests,
+``readback.py`` decodes dumps, ``events.py`` subscribes to change notifications.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import os
@@ -22,9 +24,19 @@ NETLINK_ROUTE = 0
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
+NLM_F_ACK = 0x4
 NLM_F_DUMP_INTR = 0x10
+NLM_F_CAPPED = 0x100  # in an error reply: the echoed request is only its header
+NLM_F_ACK_TLVS = 0x200  # in an error reply: extended-ack attributes follow the echoed request
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_DUMP = 0x300
+NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
+NLMSGERR_ATTR_MSG = 1
+SOL_NETLINK = 270
+NETLINK_EXT_ACK = 11
 CLONE_NEWNET = 0x40000000
 RECV_BYTES = 1 << 16
 DUMP_TIMEOUT_S = 10.0
@@ -64,6 +76,10 @@ def open_route_socket(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> so
             if rcvbuf:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.bind((0, groups))
+            # Ask for the kernel's own words with errors ("Nexthop has invalid gateway");
+            # kernels before 4.12 refuse the option and give the plain errno only.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
             result.append(sock)
         except OSError as exc:
             result.append(exc)
@@ -74,6 +90,22 @@ def open_route_socket(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> so
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]
+
+
+def cstring(value: memoryview) -> str:
+    """A NUL-terminated string attribute."""
+    return bytes(value).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    """One attribute, padded to 4 bytes."""
+    length = ATTR.size + len(payload)
+    return ATTR.pack(length, kind) + payload + bytes(-length % 4)
+
+
+def nested(kind: int, *children: bytes) -> bytes:
+    """An attribute holding attributes."""
+    return attr(kind | NLA_F_NESTED, b"".join(children))
 
 
 def attributes(data: memoryview, offset: int) -> dict[int, memoryview]:
@@ -87,6 +119,56 @@ def attributes(data: memoryview, offset: int) -> dict[int, memoryview]:
         found[kind & NLA_TYPE_MASK] = data[offset + 4 : offset + length]
         offset += (length + 3) & ~3
     return found
+
+
+def _error(body: memoryview, flags: int) -> OSError | None:
+    """The error an NLMSG_ERROR reply carries (None for a plain acknowledgement), with the kernel's
+    extended-ack text when it sent one."""
+    code = -struct.unpack_from("=i", body)[0]
+    if not code:
+        return None
+    text = os.strerror(code)
+    if flags & NLM_F_ACK_TLVS:
+        echoed = HEADER.size if flags & NLM_F_CAPPED else HEADER.unpack_from(body, 4)[0]
+        message = attributes(body, 4 + ((echoed + 3) & ~3)).get(NLMSGERR_ATTR_MSG)
+        if message is not None:
+            text = f"{text}: {cstring(message)}"
+    return OSError(code, text)
+
+
+def _messages(data: memoryview) -> Iterator[tuple[int, int, int, memoryview]]:
+    """(type, flags, sequence, body) of each message in one receive buffer."""
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, kind, flags, seq, _port = HEADER.unpack_from(data, offset)
+        if length < HEADER.size or offset + length > len(data):
+            raise OSError(f"truncated netlink message (type {kind}, length {length})")
+        yield kind, flags, seq, data[offset + HEADER.size : offset + length]
+        offset += (length + 3) & ~3
+
+
+def call(sock: socket.socket, msg_type: int, flags: int, body: bytes) -> bytes | None:
+    """Send one request and wait for the kernel's acknowledgement.
+
+    Returns the reply message's body for requests that have one (``RTM_GET*`` without dump), None
+    for plain changes. Raises OSError with the kernel's errno (and extended-ack text) on failure.
+    """
+    sequence = next(_sequence) & 0xFFFFFFFF
+    flags |= NLM_F_REQUEST | NLM_F_ACK
+    sock.settimeout(DUMP_TIMEOUT_S)
+    sock.send(HEADER.pack(HEADER.size + len(body), msg_type, flags, sequence, 0) + body)
+    reply: bytes | None = None
+    while True:
+        for kind, reply_flags, seq, data in _messages(memoryview(sock.recv(RECV_BYTES))):
+            if seq != sequence:
+                continue  # a late reply to an earlier, abandoned request
+            if kind != NLMSG_ERROR:
+                reply = bytes(data)
+                continue
+            error = _error(data, reply_flags)
+            if error is not None:
+                raise error
+            return reply
 
 
 def dump(sock: socket.socket, msg_type: int, header: bytes) -> Iterator[memoryview]:
@@ -104,14 +186,7 @@ def dump(sock: socket.socket, msg_type: int, header: bytes) -> Iterator[memoryvi
     sock.send(request + header)
     interrupted = False
     while True:
-        data = memoryview(sock.recv(RECV_BYTES))
-        offset = 0
-        while offset + HEADER.size <= len(data):
-            length, kind, flags, seq, _port = HEADER.unpack_from(data, offset)
-            if length < HEADER.size or offset + length > len(data):
-                raise OSError(f"truncated netlink message (type {kind}, length {length})")
-            body = data[offset + HEADER.size : offset + length]
-            offset += (length + 3) & ~3
+        for kind, flags, seq, body in _messages(memoryview(sock.recv(RECV_BYTES))):
             if seq != sequence:
                 continue  # a late reply to an earlier, abandoned request
             interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
@@ -120,8 +195,8 @@ def dump(sock: socket.socket, msg_type: int, header: bytes) -> Iterator[memoryvi
                     raise DumpInterrupted("netlink dump interrupted by a concurrent change")
                 return
             if kind == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", body)[0]
-                if code:
-                    raise OSError(code, os.strerror(code))
+                error = _error(body, flags)
+                if error is not None:
+                    raise error
                 continue
             yield body

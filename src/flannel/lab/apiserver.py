@@ -362,7 +362,10 @@ class KubeApiDouble:
         bookmarks = watcher.bookmarks
         while True:
             try:
-                event = await asyncio.wait_for(watcher.queue.get(), self.bookmark_interval)
+                async with asyncio.timeout(
+                    self.bookmark_interval
+                ):  # not wait_for: see Reconciler.run
+                    event = await watcher.queue.get()
             except TimeoutError:
                 if bookmarks:
                     rv = self.store.rv

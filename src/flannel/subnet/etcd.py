@@ -331,7 +331,8 @@ class EtcdSubnetManager:
             due = retry_at or (None if expiration is None else self._renew_due(expiration))
             timeout = None if due is None else max((due - datetime.now(UTC)).total_seconds(), 0)
             try:
-                event = await asyncio.wait_for(events.get(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see Reconciler.run
+                    event = await events.get()
             except TimeoutError:
                 try:
                     lease = await self.renew_lease(lease)
