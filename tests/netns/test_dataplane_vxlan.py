@@ -131,6 +131,13 @@ async def test_vxlan_peer_is_programmed_exactly_like_upstream(netns: str) -> Non
         assert [(e["mac"], e["dst"]) for e in fdb] == [(PEER_MAC, "192.168.77.9")]
         assert network.mtu == 1450
         assert json.loads(network.lease.attrs.backend_data or "{}")["VNI"] == 1
+        assert accept_ra(netns, "flannel.1") == "0"  # upstream: no router advertisements
+
+
+def accept_ra(ns: str, device: str) -> str:
+    path = f"/proc/sys/net/ipv6/conf/{device}/accept_ra"
+    done = subprocess.run(["ip", "netns", "exec", ns, "cat", path], capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 async def test_applying_the_same_desired_state_twice_changes_nothing(netns: str) -> None:
@@ -200,6 +207,7 @@ async def test_deleted_vxlan_device_is_recreated_with_all_its_peers(netns: str) 
 
         await eventually(peers_back)
         assert json.loads(sh(netns, "-j", "link", "show", "flannel.1"))[0]["address"] == mac_before
+        assert accept_ra(netns, "flannel.1") == "0"
         assert network.reconciler.metrics.drift_repairs >= 1
 
 

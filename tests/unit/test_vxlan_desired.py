@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
@@ -92,9 +93,13 @@ class FakeKernel:
     def __init__(self, objects: list[KernelObject]) -> None:
         self.objects = {o.key: o for o in objects}
         self.ops: list[tuple[str, KernelObject]] = []
+        self.accept_ra_disabled: list[str] = []
 
     def read_state(self) -> list[KernelObject]:
         return list(self.objects.values())
+
+    def disable_ipv6_router_advertisements(self, device: str) -> None:
+        self.accept_ra_disabled.append(device)
 
     def apply(self, action: str, obj: KernelObject) -> None:
         self.ops.append((action, obj))
@@ -119,6 +124,7 @@ async def test_compatible_existing_device_is_reused_and_its_mac_published() -> N
         '"BackendData":{"VNI":1,"VtepMAC":"0e:12:34:56:78:9a"}}'
     )
     assert not any(isinstance(o, Link) for _, o in kernel.ops)
+    assert kernel.accept_ra_disabled == ["flannel.1"]  # a created device gets it from the kernel
     own = network.lease.subnet
     assert (
         own is not None
@@ -169,3 +175,15 @@ def test_pure_dataplane_modules_import_no_io() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_device_that_does_not_take_the_mac_is_an_error_naming_both_macs() -> None:
+    class MacIgnoringKernel(FakeKernel):
+        def apply(self, action: str, obj: KernelObject) -> None:
+            if isinstance(obj, Link) and action == "create":
+                obj = replace(obj, mac="0e:00:00:00:00:01")
+            super().apply(action, obj)
+
+    kernel = MacIgnoringKernel([])
+    with pytest.raises(BackendError, match=r"flannel.1's mac address wanted: 0e:11:22:33:44:55, but got: 0e:00:00:00:00:01"):  # fmt: skip
+        await VxlanBackend(kernel=kernel).register_network(ctx(stored=("0e:11:22:33:44:55", None)))

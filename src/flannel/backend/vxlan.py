@@ -30,7 +30,7 @@ from flannel.dataplane.objects import (
 from flannel.dataplane.peers import PeerNetwork
 from flannel.dataplane.plan import Scope, link_compatible
 from flannel.dataplane.reconciler import Reconciler
-from flannel.errors import BackendError
+from flannel.errors import BackendError, KernelError
 from flannel.model.lease import Lease, LeaseAttrs
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,9 @@ class VxlanBackend:
         reconciler = Reconciler(kernel, Scope(frozenset(links), networks))
         reconciler.set_group("self", own)
         dev4, dev6 = f"flannel.{cfg.vni}", f"flannel-v6.{cfg.vni}"
-        direct = _direct_nets(ext) if cfg.direct_routing else ()
+        direct = (
+            await asyncio.to_thread(_direct_nets, ext, self.netns) if cfg.direct_routing else ()
+        )
 
         def project(peer: Lease) -> list[KernelObject] | None:
             return peer_objects(
@@ -224,6 +226,7 @@ async def _ensure_link(kernel: Any, want: Link, have: Any, stored_mac: str | Non
     """Reuse a compatible device (its MAC becomes VtepMAC), else (re)create it with a stable MAC."""
     if isinstance(have, Link) and link_compatible(want, have) and have.mac:
         logger.info("reusing existing %s with MAC %s", want.name, have.mac)
+        await _disable_router_advertisements(kernel, want.name)  # a created one gets it on create
         return Link(name=want.name, vxlan=want.vxlan, mtu=have.mtu, mac=have.mac)
     if have is not None:
         logger.warning(
@@ -234,7 +237,20 @@ async def _ensure_link(kernel: Any, want: Link, have: Any, stored_mac: str | Non
         await asyncio.to_thread(kernel.apply, "delete", have)
     link = Link(name=want.name, vxlan=want.vxlan, mtu=want.mtu, mac=stored_mac or random_mac())
     await asyncio.to_thread(kernel.apply, "create", link)
+    # Peers will be told this MAC: make sure the kernel really took it (upstream checks too).
+    now = {o.key: o for o in await asyncio.to_thread(kernel.read_state)}.get(link.key)
+    got = now.mac if isinstance(now, Link) else None
+    if got != link.mac:
+        raise BackendError(f"{link.name}'s mac address wanted: {link.mac}, but got: {got}")
     return link
+
+
+async def _disable_router_advertisements(kernel: Any, device: str) -> None:
+    """accept_ra = 0 on the device; upstream ignores failures (e.g. IPv6 disabled), so do we."""
+    try:
+        await asyncio.to_thread(kernel.disable_ipv6_router_advertisements, device)
+    except KernelError as exc:
+        logger.info("leaving accept_ra of %s as it is: %s", device, exc)
 
 
 def _own_objects(lease: Lease, links: dict[str, Link], ctx: BackendContext) -> list[KernelObject]:
@@ -255,12 +271,12 @@ def _own_objects(lease: Lease, links: dict[str, Link], ctx: BackendContext) -> l
     return out
 
 
-def _direct_nets(ext: Any) -> tuple[IPv4Network | IPv6Network, ...]:
+def _direct_nets(ext: Any, netns: str | None) -> tuple[IPv4Network | IPv6Network, ...]:
     """Underlay networks directly connected on the external interface (for DirectRouting)."""
     from flannel.dataplane.netlink import list_interfaces
 
     nets: list[IPv4Network | IPv6Network] = []
-    for info in list_interfaces():
+    for info in list_interfaces(netns):
         if info.index == ext.index:
             for a in info.addresses:
                 if not a.address.is_link_local:

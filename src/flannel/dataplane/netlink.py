@@ -82,9 +82,9 @@ def _open(netns: str | None) -> socket.socket:
 
 
 @contextmanager
-def _socket(what: str) -> Iterator[socket.socket]:
-    """A socket in the current namespace for one daemon-facing query; errors name ``what``."""
-    sock = _open(None)
+def _socket(what: str, netns: str | None = None) -> Iterator[socket.socket]:
+    """A socket (in ``netns``, default here) for one daemon-facing query; errors name ``what``."""
+    sock = _open(netns)
     try:
         yield sock
     except OSError as exc:
@@ -108,9 +108,9 @@ def _mac_bytes(text: str) -> bytes:
 # ---------------------------------------------------------------- daemon-facing queries
 
 
-def list_interfaces() -> list[InterfaceInfo]:
-    """Every interface of the current namespace with its addresses in kernel order."""
-    with _socket("list interfaces") as sock:
+def list_interfaces(netns: str | None = None) -> list[InterfaceInfo]:
+    """Every interface of the namespace (default: ours) with its addresses in kernel order."""
+    with _socket("list interfaces", netns) as sock:
         return readback.interfaces(sock)
 
 
@@ -222,6 +222,21 @@ class NetlinkKernel:
             self._indexes[name] = readback.IFINFOMSG.unpack_from(reply)[2]
         return self._indexes[name]
 
+    def disable_ipv6_router_advertisements(self, device: str) -> None:
+        """``net.ipv6.conf.<device>.accept_ra = 0`` in this kernel's namespace, as upstream sets on
+        its vxlan devices (an overlay device must never pick up a default route from an RA).
+        Raises KernelError when the sysctl cannot be written (e.g. IPv6 disabled)."""
+        path = f"/proc/sys/net/ipv6/conf/{device}/accept_ra"
+
+        def write() -> None:
+            with open(path, "w") as sysctl:
+                sysctl.write("0")
+
+        try:
+            rtnl.in_netns(self.netns, write)
+        except OSError as exc:
+            raise kernel_error(f"set {path} to 0", exc) from exc
+
     def read_state(self) -> list[KernelObject]:
         """Every link and address, permanent neighbours/FDB entries and main-table routes."""
         return self._on_worker(self._read_state)
@@ -260,6 +275,13 @@ class NetlinkKernel:
                 raise kernel_error(f"{action} {describe(obj)}", exc) from exc
 
         self._on_worker(run)
+        if isinstance(obj, Link) and action == "create":
+            # Every device flannel creates (first time or after someone deleted it) stays out of
+            # router advertisements, as upstream's vxlan devices; failure (IPv6 off) is harmless.
+            try:
+                self.disable_ipv6_router_advertisements(obj.name)
+            except KernelError as exc:
+                logger.info("leaving accept_ra of %s as it is: %s", obj.name, exc)
 
 
 # ---------------------------------------------------------------- object -> request encoders

@@ -18,7 +18,8 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 NETLINK_ROUTE = 0
 NLMSG_ERROR = 2
@@ -45,6 +46,7 @@ HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, por
 ATTR = struct.Struct("=HH")  # rtattr: length, type
 
 _sequence = itertools.count(1)
+T = TypeVar("T")
 
 
 class DumpInterrupted(OSError):
@@ -59,37 +61,48 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def open_route_socket(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> socket.socket:
-    """A NETLINK_ROUTE socket in ``netns`` (None: the current namespace), bound to ``groups``.
+def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
+    """Run ``fn`` inside ``netns`` (None: here) on a short-lived thread that setns()es first, so
+    the calling thread never changes namespace. Sockets and /proc/sys/net files opened by ``fn``
+    belong to that namespace."""
+    result: list[T | BaseException] = []
 
-    A socket belongs to the namespace it was created in, so creation happens on a short-lived
-    thread that setns()es first: the calling thread never changes namespace.
-    """
-    result: list[socket.socket | BaseException] = []
-
-    def opener() -> None:
+    def runner() -> None:
         try:
             if netns:
                 with open(f"/run/netns/{netns}", "rb") as target:
                     _setns(target.fileno())
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-            if rcvbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            sock.bind((0, groups))
-            # Ask for the kernel's own words with errors ("Nexthop has invalid gateway");
-            # kernels before 4.12 refuse the option and give the plain errno only.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            result.append(sock)
-        except OSError as exc:
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller's thread
             result.append(exc)
 
-    thread = threading.Thread(target=opener, name="netlink-opener")  # dies with its namespace
+    thread = threading.Thread(target=runner, name="netns-runner")  # dies with its namespace
     thread.start()
     thread.join()
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]
+
+
+def open_route_socket(netns: str | None, groups: int = 0, rcvbuf: int = 0) -> socket.socket:
+    """A NETLINK_ROUTE socket in ``netns`` (None: the current namespace), bound to ``groups``."""
+
+    def opener() -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        try:
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind((0, groups))
+        except OSError:
+            sock.close()
+            raise
+        # Ask for the kernel's own words with errors ("Nexthop has invalid gateway");
+        # kernels before 4.12 refuse the option and give the plain errno only.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        return sock
+
+    return in_netns(netns, opener)
 
 
 def cstring(value: memoryview) -> str:
