@@ -213,3 +213,20 @@ def test_attributes_stop_at_a_truncated_attribute() -> None:
     bad = rtnl.ATTR.pack(40, 4) + b"\0\0\0\0"  # claims 40 bytes, has 8
     found = rtnl.attributes(memoryview(good + bad), 0)
     assert bytes(found[3]) == b"eth0" and 4 not in found
+
+
+def test_kernel_refusal_carries_the_kernels_own_reason(busy_netns: str) -> None:
+    kernel = NetlinkKernel(busy_netns)
+    try:
+        # A gateway outside every connected network, without onlink: the kernel refuses it and
+        # says why in an extended ack; the error must carry that text and name the route.
+        with pytest.raises(KernelError) as raised:
+            kernel.apply("create", Route("10.9.0.0/24", "eth0", "10.99.99.99"))
+        message = str(raised.value)
+        assert "route 10.9.0.0/24 via 10.99.99.99 dev eth0" in message
+        assert "Nexthop has invalid gateway" in message
+        # The socket is still good for the next request.
+        kernel.apply("create", Route("10.9.0.0/24", "eth0", "10.99.99.99", onlink=True))
+        assert Route("10.9.0.0/24", "eth0", "10.99.99.99", onlink=True) in kernel.read_state()
+    finally:
+        kernel.close()
