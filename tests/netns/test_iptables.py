@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import secrets
 import shutil
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
 from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
+from traffic_harness import N4, N6, P4, P6, Routed, running, sh, wait_until
+from traffic_harness import make_plan as harness_plan
 
 from flannel.errors import TrafficError
-from flannel.trafficmgr.manager import TrafficKeeper, TrafficPlan, start_traffic_rules
+from flannel.trafficmgr.manager import TrafficPlan, start_traffic_rules
 
 pytestmark = pytest.mark.netns
 
-N4, P4 = ip_network("10.42.0.0/16"), ip_network("10.42.1.0/24")
-N6, P6 = ip_network("fd00:42::/56"), ip_network("fd00:42:0:1::/64")
 KUBE_FORWARD = [
     ("KUBE-PROXY-FIREWALL", ["-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "kubernetes load balancer firewall"]),
     ("KUBE-FORWARD", ["-m", "comment", "--comment", "kubernetes forwarding rules"]),
@@ -31,44 +24,8 @@ KUBE_FORWARD = [
 ]  # fmt: skip
 
 
-def sh(ns: str, *argv: str, check: bool = True) -> str:
-    """Run a command inside ``ns`` and return its stdout."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"{argv} failed: {done.stderr}")
-    return done.stdout
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"pfd-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
 def make_plan(ns: str, **changes: object) -> TrafficPlan:
-    plan = TrafficPlan(
-        use_nftables=False,
-        ip_masq=True,
-        forward_rules=True,
-        fully_random_disable=False,
-        network4=N4,  # type: ignore[arg-type]
-        pod4=P4,  # type: ignore[arg-type]
-        network6=N6,  # type: ignore[arg-type]
-        pod6=P6,  # type: ignore[arg-type]
-        prev_network4=None,
-        prev_pod4=None,
-        prev_network6=None,
-        prev_pod6=None,
-        resync_seconds=1,
-        netns=ns,
-    )
-    return replace(plan, **changes)  # type: ignore[arg-type]
+    return harness_plan(ns, **{"use_nftables": False, **changes})
 
 
 def add_kube_forward_rules(ns: str, binary: str) -> None:
@@ -118,27 +75,6 @@ def forward_listing(ns: str, binary: str = "iptables") -> str:
     return sh(ns, binary, "-t", "filter", "-S", "FORWARD") + sh(
         ns, binary, "-t", "filter", "-S", "FLANNEL-FWD", check=False
     )
-
-
-@contextlib.asynccontextmanager
-async def running(keeper: TrafficKeeper) -> AsyncIterator[None]:
-    task = asyncio.create_task(keeper.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def wait_until(predicate: object, timeout: float = 60.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.2)
-    return bool(predicate())  # type: ignore[operator]
 
 
 async def test_listings_equal_upstreams_golden_output_for_ipv4_and_ipv6(netns: str) -> None:
@@ -257,86 +193,6 @@ async def test_iptables_mode_without_iptables_binaries_says_what_to_install(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(TrafficError, match="install the iptables package"):
         await start_traffic_rules(make_plan(netns))
-
-
-REPORTER = """
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 18080))
-s.listen(8)
-print("ready", flush=True)
-while True:
-    conn, peer = s.accept()
-    conn.sendall(peer[0].encode())
-    conn.close()
-"""
-CLIENT = """
-import socket, sys
-try:
-    with socket.create_connection((sys.argv[1], 18080), timeout=3) as c:
-        print(c.recv(100).decode())
-except OSError as exc:
-    sys.exit(f"no answer: {exc}")
-"""
-
-
-@dataclass
-class Routed:
-    """pod (10.42.1.2) -> node (router, the netns under test) -> wan (192.168.77.2, no pod route)."""
-
-    pod: str
-    node: str
-    wan: str
-
-    def seen_by_wan(self) -> str | None:
-        """Source address the wan host saw for a TCP connection from the pod, None if none got
-        through."""
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.pod, sys.executable, "-c", CLIENT, "192.168.77.2"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        return done.stdout.strip() if done.returncode == 0 else None
-
-
-@pytest.fixture
-def routed(netns: str) -> Iterator[Routed]:
-    pod, wan = f"{netns}-p", f"{netns}-w"
-    for name in (pod, wan):
-        subprocess.run(["ip", "netns", "add", name], check=True)
-    server = None
-    try:
-        for cmd in (
-            f"-n {netns} link add cni0 type veth peer name eth0 netns {pod}",
-            f"-n {netns} link add eth0 type veth peer name eth0 netns {wan}",
-            f"-n {netns} addr add 10.42.1.1/24 dev cni0",
-            f"-n {netns} addr add 192.168.77.1/24 dev eth0",
-            f"-n {pod} addr add 10.42.1.2/24 dev eth0",
-            f"-n {wan} addr add 192.168.77.2/24 dev eth0",
-        ):
-            subprocess.run(["ip", *cmd.split()], check=True)
-        for ns in (netns, pod, wan):
-            for link in ("lo", "eth0", "cni0") if ns == netns else ("lo", "eth0"):
-                subprocess.run(["ip", "-n", ns, "link", "set", link, "up"], check=True)
-        subprocess.run(["ip", "-n", pod, "route", "add", "default", "via", "10.42.1.1"], check=True)
-        sh(netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", wan, sys.executable, "-c", REPORTER],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        yield Routed(pod, netns, wan)
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait(timeout=10)
-            if server.stdout is not None:
-                server.stdout.close()
-        for name in (pod, wan):
-            subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 async def test_masqueraded_pod_traffic_reaches_the_wan_host_from_the_node_ip(

@@ -2,48 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import re
-import secrets
 import shutil
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
-from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
+from traffic_harness import N4, N6, P4, P6, Routed, running, sh, wait_until
+from traffic_harness import make_plan as harness_plan
 
 from flannel.errors import TrafficError
-from flannel.trafficmgr.manager import TrafficKeeper, TrafficPlan, start_traffic_rules
+from flannel.trafficmgr.manager import TrafficPlan, start_traffic_rules
 
 pytestmark = pytest.mark.netns
-
-N4, P4 = ip_network("10.42.0.0/16"), ip_network("10.42.1.0/24")
-N6, P6 = ip_network("fd00:42::/56"), ip_network("fd00:42:0:1::/64")
-
-
-def sh(ns: str, *argv: str, check: bool = True) -> str:
-    """Run a command inside ``ns`` and return its stdout."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"{argv} failed: {done.stderr}")
-    return done.stdout
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"pfd-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture
@@ -57,23 +28,7 @@ def path_without_iptables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def make_plan(ns: str, **changes: object) -> TrafficPlan:
-    plan = TrafficPlan(
-        use_nftables=True,
-        ip_masq=True,
-        forward_rules=True,
-        fully_random_disable=False,
-        network4=N4,  # type: ignore[arg-type]
-        pod4=P4,  # type: ignore[arg-type]
-        network6=N6,  # type: ignore[arg-type]
-        pod6=P6,  # type: ignore[arg-type]
-        prev_network4=None,
-        prev_pod4=None,
-        prev_network6=None,
-        prev_pod6=None,
-        resync_seconds=1,
-        netns=ns,
-    )
-    return replace(plan, **changes)  # type: ignore[arg-type]
+    return harness_plan(ns, **{"use_nftables": True, **changes})
 
 
 def golden_postrtg(fam: str, table: str, n: str, p: str, multicast: str, masq: str) -> str:
@@ -123,27 +78,6 @@ def all_golden(ns: str, masq: str = "masquerade fully-random") -> bool:
         and chain(ns, "ip6", "flannel-ipv6", "forward")
         == golden_forward("ip6", "flannel-ipv6", str(N6))
     )
-
-
-@contextlib.asynccontextmanager
-async def running(keeper: TrafficKeeper) -> AsyncIterator[None]:
-    task = asyncio.create_task(keeper.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def wait_until(predicate: object, timeout: float = 60.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.2)
-    return bool(predicate())  # type: ignore[operator]
 
 
 async def test_listings_equal_upstreams_golden_output_for_ipv4_and_ipv6(netns: str) -> None:
@@ -220,84 +154,9 @@ async def test_nftables_mode_without_nft_says_what_to_install(
         await start_traffic_rules(make_plan(netns))
 
 
-REPORTER = """
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 18080))
-s.listen(8)
-print("ready", flush=True)
-while True:
-    conn, peer = s.accept()
-    conn.sendall(peer[0].encode())
-    conn.close()
-"""
-CLIENT = """
-import socket, sys
-try:
-    with socket.create_connection(("192.168.77.2", 18080), timeout=3) as c:
-        print(c.recv(100).decode())
-except OSError as exc:
-    sys.exit(f"no answer: {exc}")
-"""
-
-
-@pytest.fixture
-def pod_and_wan(netns: str) -> Iterator[str]:
-    """A pod (10.42.1.2) routed through ``netns`` to a wan host (192.168.77.2) that has no route
-    back to pods; yields the pod namespace."""
-    pod, wan = f"{netns}-p", f"{netns}-w"
-    server = None
-    for name in (pod, wan):
-        subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        script = [
-            (netns, f"link add cni0 type veth peer name eth0 netns {pod}"),
-            (netns, f"link add eth0 type veth peer name eth0 netns {wan}"),
-            (netns, "addr add 10.42.1.1/24 dev cni0"),
-            (netns, "addr add 192.168.77.1/24 dev eth0"),
-            (pod, "addr add 10.42.1.2/24 dev eth0"),
-            (wan, "addr add 192.168.77.2/24 dev eth0"),
-            (netns, "link set cni0 up"),
-            (netns, "link set eth0 up"),
-            (pod, "link set eth0 up"),
-            (wan, "link set eth0 up"),
-            (wan, "link set lo up"),
-            (pod, "route add default via 10.42.1.1"),
-        ]
-        for ns, cmd in script:
-            subprocess.run(["ip", "-n", ns, *cmd.split()], check=True)
-        sh(netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", wan, sys.executable, "-c", REPORTER],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        yield pod
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait(timeout=10)
-            if server.stdout is not None:
-                server.stdout.close()
-        for name in (pod, wan):
-            subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-def seen_by_wan(pod: str) -> str | None:
-    done = subprocess.run(
-        ["ip", "netns", "exec", pod, sys.executable, "-c", CLIENT],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 async def test_masqueraded_pod_traffic_reaches_the_wan_host_from_the_node_ip(
-    netns: str, pod_and_wan: str, path_without_iptables: None
+    routed: Routed, path_without_iptables: None
 ) -> None:
-    assert seen_by_wan(pod_and_wan) is None  # the wan host has no route back to pods
-    await start_traffic_rules(make_plan(netns, network6=None))
-    assert seen_by_wan(pod_and_wan) == "192.168.77.1"
+    assert routed.seen_by_wan() is None  # the wan host has no route back to pods
+    await start_traffic_rules(make_plan(routed.node, network6=None))
+    assert routed.seen_by_wan() == "192.168.77.1"

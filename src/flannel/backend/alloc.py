@@ -11,27 +11,13 @@ from collections.abc import AsyncIterator
 
 from flannel.backend.base import BackendContext
 from flannel.errors import BackendError
-from flannel.model.lease import Lease, LeaseAttrs, LeaseEvent
+from flannel.model.lease import LeaseAttrs, LeasedNetwork, LeaseEvent
 
 logger = logging.getLogger(__name__)
 
 
-class AllocNetwork:
-    """A leased subnet with no data path."""
-
-    def __init__(self, lease: Lease, mtu: int) -> None:
-        self._lease = lease
-        self._mtu = mtu
-
-    @property
-    def lease(self) -> Lease:
-        """Our lease."""
-        return self._lease
-
-    @property
-    def mtu(self) -> int:
-        """The external interface MTU (nothing encapsulates)."""
-        return self._mtu
+class AllocNetwork(LeasedNetwork):
+    """A leased subnet with no data path; the MTU is the external interface's (no encapsulation)."""
 
     async def run(self, events: AsyncIterator[list[LeaseEvent]]) -> None:
         """Consume peer events (logged at -v 1) so the watch keeps flowing."""

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from flannel.dataplane.events import watch_drift
 from flannel.dataplane.objects import KernelObject
 from flannel.dataplane.reconciler import Reconciler
-from flannel.model.lease import EventType, Lease, LeaseEvent
+from flannel.model.lease import EventType, Lease, LeasedNetwork, LeaseEvent
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def group_name(lease: Lease) -> str:
     return "peer " + lease.describe()
 
 
-class PeerNetwork:
+class PeerNetwork(LeasedNetwork):
     """Network.run/close implementation over a reconciler (own device objects in group 'self')."""
 
     def __init__(
@@ -40,19 +40,10 @@ class PeerNetwork:
         project: Projection,
         netns: str | None,
     ) -> None:
-        self._lease = lease
-        self._mtu = mtu
+        super().__init__(lease, mtu)
         self.reconciler = reconciler
         self.project = project
         self.netns = netns
-
-    @property
-    def lease(self) -> Lease:
-        return self._lease
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
 
     def handle_batch(self, batch: Sequence[LeaseEvent]) -> None:
         """Turn lease events into desired-state changes (pure bookkeeping, no kernel I/O)."""

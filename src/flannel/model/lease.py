@@ -161,3 +161,22 @@ class LeaseEvent:
 
     type: EventType
     lease: Lease
+
+
+class LeasedNetwork:
+    """Our lease and the MTU for subnet.env: the part of every backend's network that is not its
+    peer loop (alloc programs nothing; kernel backends add a reconciler)."""
+
+    def __init__(self, lease: Lease, mtu: int) -> None:
+        self._lease = lease
+        self._mtu = mtu
+
+    @property
+    def lease(self) -> Lease:
+        """Our own lease (as acquired)."""
+        return self._lease
+
+    @property
+    def mtu(self) -> int:
+        """FLANNEL_MTU written to subnet.env."""
+        return self._mtu
