@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from flannel.dataplane import readback, rtnl
+from flannel.dataplane import readback, rtnl, uapi
 from flannel.dataplane.netlink import NetlinkKernel
 from flannel.dataplane.objects import Addr, Fdb, KernelObject, Link, Neigh, Route, VxlanParams
 from flannel.errors import KernelError
@@ -199,9 +199,7 @@ def test_dump_reports_a_kernel_error_reply(busy_netns: str) -> None:
         # The socket stays usable for the next dump.
         links = [
             readback.link_from(body)[1].name
-            for body in rtnl.dump(
-                sock, readback.RTM_GETLINK, readback.IFINFOMSG.pack(0, 0, 0, 0, 0)
-            )
+            for body in rtnl.dump(sock, uapi.RTM_GETLINK, uapi.IFINFOMSG.pack(0, 0, 0, 0, 0))
         ]
         assert "vx0" in links
     finally:

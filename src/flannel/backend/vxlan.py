@@ -30,7 +30,7 @@ from flannel.dataplane.objects import (
 from flannel.dataplane.peers import PeerNetwork
 from flannel.dataplane.plan import Scope, link_compatible
 from flannel.dataplane.reconciler import Reconciler
-from flannel.errors import BackendError, KernelError
+from flannel.errors import BackendError
 from flannel.model.lease import Lease, LeaseAttrs
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,8 @@ async def _ensure_link(kernel: Any, want: Link, have: Any, stored_mac: str | Non
     """Reuse a compatible device (its MAC becomes VtepMAC), else (re)create it with a stable MAC."""
     if isinstance(have, Link) and link_compatible(want, have) and have.mac:
         logger.info("reusing existing %s with MAC %s", want.name, have.mac)
-        await _disable_router_advertisements(kernel, want.name)  # a created one gets it on create
+        # A created device gets this from the kernel adapter on create.
+        await asyncio.to_thread(kernel.disable_ipv6_router_advertisements, want.name)
         return Link(name=want.name, vxlan=want.vxlan, mtu=have.mtu, mac=have.mac)
     if have is not None:
         logger.warning(
@@ -243,14 +244,6 @@ async def _ensure_link(kernel: Any, want: Link, have: Any, stored_mac: str | Non
     if got != link.mac:
         raise BackendError(f"{link.name}'s mac address wanted: {link.mac}, but got: {got}")
     return link
-
-
-async def _disable_router_advertisements(kernel: Any, device: str) -> None:
-    """accept_ra = 0 on the device; upstream ignores failures (e.g. IPv6 disabled), so do we."""
-    try:
-        await asyncio.to_thread(kernel.disable_ipv6_router_advertisements, device)
-    except KernelError as exc:
-        logger.info("leaving accept_ra of %s as it is: %s", device, exc)
 
 
 def _own_objects(lease: Lease, links: dict[str, Link], ctx: BackendContext) -> list[KernelObject]:

@@ -18,17 +18,21 @@ import struct
 
 from flannel.dataplane.reconciler import Reconciler
 from flannel.dataplane.rtnl import open_route_socket
+from flannel.dataplane.uapi import (
+    NUD_PERMANENT,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+    RTMGRP_NEIGH,
+)
 
 logger = logging.getLogger(__name__)
-
-RTMGRP_LINK = 0x1
-RTMGRP_NEIGH = 0x4
-RTMGRP_IPV4_ROUTE = 0x40
-RTMGRP_IPV6_ROUTE = 0x400
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-NUD_PERMANENT = 0x80
 
 
 def _open_in(netns: str | None) -> socket.socket:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno as errno_mod
 import logging
-import os
 import socket
 import struct
 import threading
@@ -32,34 +31,62 @@ from flannel.dataplane.objects import (
     Route,
     describe,
 )
+from flannel.dataplane.uapi import (
+    AF_BRIDGE,
+    IFA_ADDRESS,
+    IFA_LOCAL,
+    IFADDRMSG,
+    IFF_UP,
+    IFINFOMSG,
+    IFLA_ADDRESS,
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MTU,
+    IFLA_VXLAN_GBP,
+    IFLA_VXLAN_ID,
+    IFLA_VXLAN_LEARNING,
+    IFLA_VXLAN_LINK,
+    IFLA_VXLAN_LOCAL,
+    IFLA_VXLAN_LOCAL6,
+    IFLA_VXLAN_PORT,
+    NDA_DST,
+    NDA_LLADDR,
+    NDMSG,
+    NTF_SELF,
+    NUD_PERMANENT,
+    RT_SCOPE_LINK,
+    RT_SCOPE_NOWHERE,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_UNSPEC,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTA_TABLE,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_GETLINK,
+    RTM_GETROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    RTMSG,
+    RTN_BLACKHOLE,
+    RTN_UNICAST,
+    RTNH_F_ONLINK,
+    RTPROT_BOOT,
+)
 from flannel.errors import KernelError
 from flannel.model.iface import InterfaceInfo
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-AF_BRIDGE = 7
-IFF_UP = 0x01
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
-RTNH_F_ONLINK = 0x04
-RTN_UNICAST, RTN_BLACKHOLE = 1, 6
-RTPROT_BOOT = 3
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
-RT_TABLE_UNSPEC = 0
 CREATE_OR_REPLACE = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE
-
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
-IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
-IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 15, 17, 23
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-NDA_DST, NDA_LLADDR = 1, 2
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 
 _GONE = (errno_mod.ENOENT, errno_mod.ESRCH, errno_mod.ENODEV, errno_mod.EADDRNOTAVAIL)
 
@@ -72,9 +99,7 @@ def kernel_error(what: str, exc: BaseException) -> KernelError:
 
 
 def _open(netns: str | None) -> socket.socket:
-    """A route socket in ``netns``; a missing namespace is an error, never created."""
-    if netns and not os.path.exists(f"/run/netns/{netns}"):
-        raise KernelError(f"network namespace {netns} does not exist (/run/netns/{netns})")
+    """A route socket in ``netns``; a missing namespace is an error (ENOENT naming its path)."""
     try:
         return rtnl.open_route_socket(netns)
     except OSError as exc:
@@ -123,7 +148,7 @@ def default_route_ifindex(family: int) -> int | None:
 def route_get(ip: str) -> tuple[int, str | None]:
     """``ip route get <ip>``: the (ifindex, preferred source) the kernel would use to reach ``ip``."""
     dst = ip_address(ip)
-    header = readback.RTMSG.pack(_family(dst.version), dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
+    header = RTMSG.pack(_family(dst.version), dst.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
     with _socket(f"route get {ip} (is it reachable from this host?)") as sock:
         reply = rtnl.call(sock, RTM_GETROUTE, 0, header + rtnl.attr(RTA_DST, dst.packed))
     if reply is None:
@@ -133,10 +158,12 @@ def route_get(ip: str) -> tuple[int, str | None]:
 
 def has_blackhole_route(net: IPv4Network | IPv6Network) -> bool:
     """True when the main table holds ``blackhole <net>``."""
-    with _socket(f"list routes looking for blackhole {net}") as sock:
-        objects, _names = readback.read_state(sock)
     wanted = str(net)
-    return any(isinstance(o, Route) and o.type == "blackhole" and o.dst == wanted for o in objects)
+    with _socket(f"list routes looking for blackhole {net}") as sock:
+        return any(
+            route.type == "blackhole" and route.dst == wanted
+            for route in readback.routes(sock, _family(net.version), {})
+        )
 
 
 def ensure_blackhole_route(net: IPv4Network | IPv6Network) -> None:
@@ -207,7 +234,7 @@ class NetlinkKernel:
 
     def _index(self, sock: socket.socket, name: str) -> int:
         if name not in self._indexes:
-            header = readback.IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+            header = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
             request = header + rtnl.attr(IFLA_IFNAME, name.encode() + b"\0")
             try:
                 reply = rtnl.call(sock, RTM_GETLINK, 0, request)
@@ -219,13 +246,13 @@ class NetlinkKernel:
                 raise
             if reply is None:
                 raise KernelError(f"device {name}: the kernel sent no link")
-            self._indexes[name] = readback.IFINFOMSG.unpack_from(reply)[2]
+            self._indexes[name] = IFINFOMSG.unpack_from(reply)[2]
         return self._indexes[name]
 
     def disable_ipv6_router_advertisements(self, device: str) -> None:
         """``net.ipv6.conf.<device>.accept_ra = 0`` in this kernel's namespace, as upstream sets on
         its vxlan devices (an overlay device must never pick up a default route from an RA).
-        Raises KernelError when the sysctl cannot be written (e.g. IPv6 disabled)."""
+        Best effort, as upstream: where it cannot be written (IPv6 disabled) it is logged only."""
         path = f"/proc/sys/net/ipv6/conf/{device}/accept_ra"
 
         def write() -> None:
@@ -235,7 +262,7 @@ class NetlinkKernel:
         try:
             rtnl.in_netns(self.netns, write)
         except OSError as exc:
-            raise kernel_error(f"set {path} to 0", exc) from exc
+            logger.info("leaving %s as it is: %s", path, exc)
 
     def read_state(self) -> list[KernelObject]:
         """Every link and address, permanent neighbours/FDB entries and main-table routes."""
@@ -277,11 +304,8 @@ class NetlinkKernel:
         self._on_worker(run)
         if isinstance(obj, Link) and action == "create":
             # Every device flannel creates (first time or after someone deleted it) stays out of
-            # router advertisements, as upstream's vxlan devices; failure (IPv6 off) is harmless.
-            try:
-                self.disable_ipv6_router_advertisements(obj.name)
-            except KernelError as exc:
-                logger.info("leaving accept_ra of %s as it is: %s", obj.name, exc)
+            # router advertisements, as upstream's vxlan devices.
+            self.disable_ipv6_router_advertisements(obj.name)
 
 
 # ---------------------------------------------------------------- object -> request encoders
@@ -298,7 +322,7 @@ def _u32(value: int) -> bytes:
 
 def _link_requests(action: str, obj: Link, index: IndexOf) -> Iterator[Request]:
     if action == "delete":
-        yield RTM_DELLINK, 0, readback.IFINFOMSG.pack(0, 0, index(obj.name), 0, 0)
+        yield RTM_DELLINK, 0, IFINFOMSG.pack(0, 0, index(obj.name), 0, 0)
         return
     if action == "create":
         attrs = [rtnl.attr(IFLA_IFNAME, obj.name.encode() + b"\0")]
@@ -310,10 +334,10 @@ def _link_requests(action: str, obj: Link, index: IndexOf) -> Iterator[Request]:
         if obj.vxlan is not None:
             info.append(rtnl.nested(IFLA_INFO_DATA, *_vxlan_attrs(obj)))
         attrs.append(rtnl.nested(IFLA_LINKINFO, *info))
-        header = readback.IFINFOMSG.pack(0, 0, 0, 0, 0)
+        header = IFINFOMSG.pack(0, 0, 0, 0, 0)
         yield RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, header + b"".join(attrs)
     up = IFF_UP if obj.up else 0
-    body = readback.IFINFOMSG.pack(0, 0, index(obj.name), up, IFF_UP)
+    body = IFINFOMSG.pack(0, 0, index(obj.name), up, IFF_UP)
     yield RTM_NEWLINK, 0, body + (rtnl.attr(IFLA_MTU, _u32(obj.mtu)) if obj.mtu else b"")
 
 
@@ -339,9 +363,7 @@ def _vxlan_attrs(obj: Link) -> list[bytes]:
 
 def _addr_requests(action: str, obj: Addr, index: IndexOf) -> Iterator[Request]:
     address = ip_address(obj.address)
-    header = readback.IFADDRMSG.pack(
-        _family(address.version), obj.prefixlen, 0, 0, index(obj.device)
-    )
+    header = IFADDRMSG.pack(_family(address.version), obj.prefixlen, 0, 0, index(obj.device))
     body = header + rtnl.attr(IFA_LOCAL, address.packed) + rtnl.attr(IFA_ADDRESS, address.packed)
     if action == "delete":
         yield RTM_DELADDR, 0, body
@@ -351,7 +373,7 @@ def _addr_requests(action: str, obj: Addr, index: IndexOf) -> Iterator[Request]:
 
 def _neigh_requests(action: str, obj: Neigh, index: IndexOf) -> Iterator[Request]:
     ip = ip_address(obj.ip)
-    header = readback.NDMSG.pack(_family(ip.version), index(obj.device), NUD_PERMANENT, 0, 0)
+    header = NDMSG.pack(_family(ip.version), index(obj.device), NUD_PERMANENT, 0, 0)
     if action == "delete":
         yield RTM_DELNEIGH, 0, header + rtnl.attr(NDA_DST, ip.packed)
     else:
@@ -360,7 +382,7 @@ def _neigh_requests(action: str, obj: Neigh, index: IndexOf) -> Iterator[Request
 
 
 def _fdb_requests(action: str, obj: Fdb, index: IndexOf) -> Iterator[Request]:
-    header = readback.NDMSG.pack(AF_BRIDGE, index(obj.device), NUD_PERMANENT, NTF_SELF, 0)
+    header = NDMSG.pack(AF_BRIDGE, index(obj.device), NUD_PERMANENT, NTF_SELF, 0)
     attrs = rtnl.attr(NDA_LLADDR, _mac_bytes(obj.mac)) + rtnl.attr(NDA_DST, _ip_bytes(obj.dst))
     if action == "delete":
         yield RTM_DELNEIGH, 0, header + attrs
@@ -375,13 +397,13 @@ def _route_requests(action: str, obj: Route, index: IndexOf) -> Iterator[Request
     attrs = rtnl.attr(RTA_TABLE, _u32(obj.table)) + rtnl.attr(RTA_DST, net.network_address.packed)
     if action == "delete":
         # type, protocol 0 and scope NOWHERE are wildcards: delete the route at this slot.
-        header = readback.RTMSG.pack(family, net.prefixlen, 0, 0, table, 0, RT_SCOPE_NOWHERE, 0, 0)
+        header = RTMSG.pack(family, net.prefixlen, 0, 0, table, 0, RT_SCOPE_NOWHERE, 0, 0)
         yield RTM_DELROUTE, 0, header + attrs
         return
     blackhole = obj.type == "blackhole"
     # As ip(8): a unicast route without a gateway reaches a directly connected network.
     link_scope = not blackhole and not obj.gateway and net.version == 4
-    header = readback.RTMSG.pack(
+    header = RTMSG.pack(
         family,
         net.prefixlen,
         0,

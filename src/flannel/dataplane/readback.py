@@ -24,33 +24,51 @@ from flannel.dataplane.objects import (
     Route,
     VxlanParams,
 )
+from flannel.dataplane.uapi import (
+    AF_BRIDGE,
+    IFA_ADDRESS,
+    IFA_F_DEPRECATED,
+    IFA_F_PERMANENT,
+    IFA_F_TEMPORARY,
+    IFA_FLAGS,
+    IFA_LOCAL,
+    IFADDRMSG,
+    IFF_UP,
+    IFINFOMSG,
+    IFLA_ADDRESS,
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MTU,
+    IFLA_VXLAN_GBP,
+    IFLA_VXLAN_ID,
+    IFLA_VXLAN_LEARNING,
+    IFLA_VXLAN_LINK,
+    IFLA_VXLAN_LOCAL,
+    IFLA_VXLAN_LOCAL6,
+    IFLA_VXLAN_PORT,
+    NDA_DST,
+    NDA_LLADDR,
+    NDMSG,
+    NUD_PERMANENT,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_MULTIPATH,
+    RTA_OIF,
+    RTA_PREFSRC,
+    RTA_TABLE,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETNEIGH,
+    RTM_GETROUTE,
+    RTMSG,
+    RTN_BLACKHOLE,
+    RTN_UNICAST,
+    RTNEXTHOP,
+    RTNH_F_ONLINK,
+)
 from flannel.model.iface import InterfaceAddress, InterfaceInfo
-
-RTM_GETLINK = 18
-RTM_GETADDR = 22
-RTM_GETROUTE = 26
-RTM_GETNEIGH = 30
-AF_BRIDGE = 7
-
-IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
-RTMSG = struct.Struct(
-    "=BBBBBBBBI"
-)  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
-IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 3, 4
-IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 7, 15, 17, 23
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-NDA_DST, NDA_LLADDR = 1, 2
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
-
-IFF_UP = 0x01
-NUD_PERMANENT = 0x80
-RTNH_F_ONLINK = 0x04
-RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 
 
 def _u32(value: memoryview) -> int:
@@ -127,28 +145,37 @@ def _permanent_entries(
             yield names[index], _ip(dst), _mac(lladdr)
 
 
-def _routes(sock: socket.socket, family: int, names: dict[int, str]) -> Iterator[Route]:
-    header = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-    for body in rtnl.dump(sock, RTM_GETROUTE, header):
+def _main_table_routes(
+    sock: socket.socket, family: int
+) -> Iterator[tuple[int, int, int, int, dict[int, memoryview]]]:
+    """(dst_len, protocol, type, flags, attributes) of each unicast or blackhole route in the
+    main table (the table id is in RTA_TABLE when it does not fit the header's byte)."""
+    for body in rtnl.dump(sock, RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
         _fam, dst_len, _src, _tos, table, proto, _scope, kind, flags = RTMSG.unpack_from(body)
         if kind not in (RTN_UNICAST, RTN_BLACKHOLE):
             continue
         attrs = rtnl.attributes(body, RTMSG.size)
         if RTA_TABLE in attrs:
             table = _u32(attrs[RTA_TABLE])
-        if table != MAIN_TABLE:
-            continue
+        if table == MAIN_TABLE:
+            yield dst_len, proto, kind, flags, attrs
+
+
+def routes(sock: socket.socket, family: int, names: dict[int, str]) -> Iterator[Route]:
+    """Main-table unicast and blackhole routes of ``family``; devices named through ``names``."""
+    any_address = "0.0.0.0" if family == socket.AF_INET else "::"
+    for dst_len, proto, kind, flags, attrs in _main_table_routes(sock, family):
         dst = attrs.get(RTA_DST)
         oif = attrs.get(RTA_OIF)
         gateway = attrs.get(RTA_GATEWAY)
         yield Route(
-            dst=f"{_ip(dst) if dst is not None else ('0.0.0.0' if family == socket.AF_INET else '::')}/{dst_len}",
+            dst=f"{_ip(dst) if dst is not None else any_address}/{dst_len}",
             device=names.get(_u32(oif)) if oif is not None else None,
             gateway=_ip(gateway) if gateway is not None else None,
             onlink=bool(flags & RTNH_F_ONLINK),
             protocol=proto,
             type="blackhole" if kind == RTN_BLACKHOLE else "unicast",
-            table=table,
+            table=MAIN_TABLE,
         )
 
 
@@ -171,16 +198,11 @@ def read_state(sock: socket.socket) -> tuple[list[KernelObject], dict[int, str]]
         for d, dst, mac in _permanent_entries(sock, AF_BRIDGE, names)
     )
     for family in (socket.AF_INET, socket.AF_INET6):
-        out += _routes(sock, family, names)
+        out += routes(sock, family, names)
     return out, names
 
 
 # ---------------------------------------------------------------- interface selection at start
-
-IFA_FLAGS = 8
-IFA_F_TEMPORARY, IFA_F_DEPRECATED, IFA_F_PERMANENT = 0x01, 0x20, 0x80
-RTA_PREFSRC, RTA_MULTIPATH = 7, 9
-RTNEXTHOP = struct.Struct("=HBBi")  # length, flags, hops, ifindex
 
 
 def interfaces(sock: socket.socket) -> list[InterfaceInfo]:
@@ -221,12 +243,8 @@ def interfaces(sock: socket.socket) -> list[InterfaceInfo]:
 
 def default_route_oif(sock: socket.socket, family: int) -> int | None:
     """Output interface of the main table's default route (first hop of a multipath one)."""
-    for body in rtnl.dump(sock, RTM_GETROUTE, RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)):
-        _fam, dst_len, _src, _tos, table, _proto, _scope, kind, _flags = RTMSG.unpack_from(body)
-        attrs = rtnl.attributes(body, RTMSG.size)
-        if RTA_TABLE in attrs:
-            table = _u32(attrs[RTA_TABLE])
-        if dst_len or kind != RTN_UNICAST or table != MAIN_TABLE:
+    for dst_len, _proto, kind, _flags, attrs in _main_table_routes(sock, family):
+        if dst_len or kind != RTN_UNICAST:
             continue
         if RTA_OIF in attrs:
             return _u32(attrs[RTA_OIF])
