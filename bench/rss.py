@@ -12,11 +12,13 @@ Run: ``python -m bench.rss`` (root). Writes bench/results/rss.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,25 +69,65 @@ def route_count(ns: str) -> int:
     return len(result.stdout.splitlines())
 
 
+def memory_fields(memory: dict[str, float]) -> dict[str, float]:
+    """The memory columns of a result row (MiB, 2 decimals)."""
+    return {
+        "vm_rss_mib": round(memory["VmRSS"], 2),
+        "rss_anon_mib": round(memory.get("RssAnon", 0.0), 2),
+        "vm_hwm_mib": round(memory.get("VmHWM", 0.0), 2),
+    }
+
+
+def fill_leases(names: Names, prefix: str, count: int, backend: str) -> None:
+    """Write ``count`` upstream-JSON leases of ``backend`` under ``prefix`` in the fabric's etcd."""
+    netns.run(
+        [sys.executable, "-c", FILL_SCRIPT, prefix, str(count), backend, FABRIC_IP],
+        netns=names.fabric,
+        timeout=300,
+    )
+
+
+def node_spec(spec: LabSpec, *flanneld_args: str) -> LabSpec:
+    """The lab spec for one case's flanneld: its own flags, no masquerade rules."""
+    return LabSpec(
+        prefix=spec.prefix,
+        state_dir=spec.state_dir,
+        extra_flanneld_args=flanneld_args,
+        ip_masq=False,
+    )
+
+
+@contextlib.contextmanager
+def etcd_fabric(stem: str) -> Iterator[tuple[LabSpec, Names]]:
+    """A throwaway fabric namespace with a real etcd; etcd, namespaces and state gone after."""
+    preflight.check_prerequisites()
+    prefix = stem + secrets.token_hex(2)[:3]
+    state_dir = Path(f"/tmp/pyflannel-bench-{prefix}")
+    spec = LabSpec(prefix=prefix, state_dir=state_dir, network=NETWORK)
+    names = Names(prefix)
+    etcd: procs.ProcRecord | None = None
+    try:
+        topology.build_fabric(names, lambda _ns: None)
+        etcd = services.start_etcd(spec, names.fabric)
+        yield spec, names
+    finally:
+        if etcd is not None:
+            procs.stop(etcd)
+        teardown(None, prefix, state_dir)
+        for leftover in netns.list_with_prefix(f"{prefix}-"):
+            netns.delete(leftover)
+
+
 def run_case(spec: LabSpec, names: Names, index: int, backend: str, leases: int) -> dict[str, Any]:
     """Prefill, start flanneld, wait until ready (and programmed), measure, stop."""
     prefix = f"/bench-{backend}-{leases}/network"
     conf = json.dumps({"Network": NETWORK, "Backend": {"Type": backend}})
     services.etcdctl(names.fabric, "put", f"{prefix}/config", conf)
     if leases:
-        netns.run(
-            [sys.executable, "-c", FILL_SCRIPT, prefix, str(leases), backend, FABRIC_IP],
-            netns=names.fabric,
-            timeout=300,
-        )
+        fill_leases(names, prefix, leases, backend)
     topology.build_node(names, index, lambda _ns: None)
     node = f"bench{index}"
-    case_spec = LabSpec(
-        prefix=spec.prefix,
-        state_dir=spec.state_dir,
-        extra_flanneld_args=(f"--etcd-prefix={prefix}",),
-        ip_masq=False,
-    )
+    case_spec = node_spec(spec, f"--etcd-prefix={prefix}")
     started = time.monotonic()
     record = services.start_flanneld(
         case_spec, preflight.flanneld_program(), node, names.node_netns(index), dict(os.environ)
@@ -108,9 +150,7 @@ def run_case(spec: LabSpec, names: Names, index: int, backend: str, leases: int)
     return {
         "backend": backend,
         "leases": leases,
-        "vm_rss_mib": round(memory["VmRSS"], 2),
-        "rss_anon_mib": round(memory.get("RssAnon", 0.0), 2),
-        "vm_hwm_mib": round(memory.get("VmHWM", 0.0), 2),
+        **memory_fields(memory),
         "within_50mib": memory["VmRSS"] <= LIMIT_MIB,
         "ready_s": round(ready_s, 2),
         "programmed_s": round(programmed_s, 2),
@@ -119,26 +159,12 @@ def run_case(spec: LabSpec, names: Names, index: int, backend: str, leases: int)
 
 def main() -> int:
     """Run every case in one throwaway fabric; write results/rss.json and print a table."""
-    preflight.check_prerequisites()
-    prefix = "pflb" + secrets.token_hex(2)[:3]
-    state_dir = Path(f"/tmp/pyflannel-bench-{prefix}")
-    spec = LabSpec(prefix=prefix, state_dir=state_dir, network=NETWORK)
-    names = Names(prefix)
     rows: list[dict[str, Any]] = []
-    etcd: procs.ProcRecord | None = None
-    try:
-        topology.build_fabric(names, lambda _ns: None)
-        etcd = services.start_etcd(spec, names.fabric)
+    with etcd_fabric("pflb") as (spec, names):
         services.put_network_config(spec, names.fabric)
         for index, (backend, leases) in enumerate(CASES, start=1):
             rows.append(run_case(spec, names, index, backend, leases))
             print(json.dumps(rows[-1]), flush=True)
-    finally:
-        if etcd is not None:
-            procs.stop(etcd)
-        teardown(None, prefix, state_dir)
-        for leftover in netns.list_with_prefix(f"{prefix}-"):
-            netns.delete(leftover)
     baseline = {r["backend"]: r for r in rows if r["leases"] == 0}
     for row in rows:
         base = baseline.get(row["backend"])

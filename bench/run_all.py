@@ -38,10 +38,19 @@ class Program:
 PROGRAMS = (
     Program("lease_acquire", 600, "lease acquisition through the etcd manager vs raw etcd txn"),
     Program("dataplane_throughput", 900, "overlay throughput per backend vs plain routed veth"),
+    Program("udp_throughput", 900, "udp backend forwarder vs upstream-design forwarder vs vxlan"),
+    Program(
+        "udp_offload_probe", 300, "udp: TSO-split cost (Python, cffi) vs per-packet work saved"
+    ),
     Program("dataplane_convergence", 600, "route convergence vs etcd watch latency"),
+    Program("incremental", 600, "CPU per 1,000 lease changes at 5,000 vs 1,000 peers"),
     Program("cni_latency", 600, "CNI ADD/DEL through flannel vs bridge directly"),
     Program("kube_rss", 600, "flanneld RSS in kube mode"),
     Program("rss", 900, "flanneld RSS per lease count (etcd mode)"),
+    Program("probe_rss", 600, "flanneld RSS with the peer pinger on (200 peers) vs off"),
+    Program("wireguard_throughput", 900, "wireguard backend vs wireguard-go configured by hand"),
+    Program("ipsec_throughput", 600, "ipsec: 10-node IKE_SA mesh time; ESP vs ip xfrm by hand"),
+    Program("netpol", 600, "native NetworkPolicy enforcer: latency, RSS, resync, throughput"),
 )
 
 

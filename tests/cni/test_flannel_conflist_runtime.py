@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import DUAL_ENV, CniLab, sh
 
+from conftest import DUAL_ENV, CniLab, sh
 from flannel.cni.errors import CniError
 
 pytestmark = pytest.mark.cni

@@ -7,6 +7,7 @@ import os
 import stat
 
 import pytest
+
 from conftest import DUAL_ENV, MULTI_ENV, V6_ENV, CniLab, sh
 
 pytestmark = pytest.mark.cni

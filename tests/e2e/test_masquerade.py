@@ -11,12 +11,12 @@ import re
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from ipaddress import ip_interface
 from typing import TYPE_CHECKING
 
 import pytest
+from waiting import eventually
 
 from flannel.lab.cluster import Lab, LabSpec
 
@@ -112,15 +112,6 @@ def pod_subnet(lab: Lab, node: LabNode) -> str:
     return str(ip_interface(lab.subnet_env(node)["FLANNEL_SUBNET"]).network)
 
 
-def poll(check: object, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.3)
-    return bool(check())  # type: ignore[operator]
-
-
 def masq_rules(lab: Lab, node: LabNode) -> list[str]:
     out = lab.run(node.netns, "iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG", check=False).stdout
     return [line for line in out.splitlines() if line.startswith("-A ")]
@@ -162,7 +153,7 @@ def test_iptables_hand_deleted_rule_returns_and_masquerade_still_works(iptables_
     want = masq_rules(iptables_lab, node)
     iptables_lab.run(node.netns, "iptables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "5")
     iptables_lab.run(node.netns, "iptables", "-t", "filter", "-F", "FLANNEL-FWD")
-    assert poll(lambda: masq_rules(iptables_lab, node) == want)
+    eventually(lambda: masq_rules(iptables_lab, node) == want, "the iptables masquerade rules", 60)
     pod = next(p for p in iptables_lab.pods if p.node.name == node.name)
     with peer_reporter(iptables_lab.wan.netns):
         assert seen_as(iptables_lab, pod, iptables_lab.wan.ip) == node.underlay_ip
@@ -221,4 +212,4 @@ def test_nftables_hand_deleted_rule_returns(nftables_lab: Lab) -> None:
     nftables_lab.run(
         node.netns, "nft", "delete", "rule", "ip", "flannel-ipv4", "postrtg", "handle", handle
     )
-    assert poll(lambda: nft_postrtg(nftables_lab, node) == want)
+    eventually(lambda: nft_postrtg(nftables_lab, node) == want, "the nftables masquerade rules", 60)

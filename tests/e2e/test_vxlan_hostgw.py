@@ -1,8 +1,12 @@
 """The kernel data path on a lab cluster: vxlan and host-gw connectivity, upstream-identical kernel
-state, leases written straight into etcd, restarts that keep the VtepMAC, and self-repair."""
+state, leases written straight into etcd, restarts that keep the VtepMAC, and self-repair.
+
+The cluster and restart tests run twice: IPv4-only and dual-stack (IPv4 + IPv6 underlay and pods,
+``flannel-v6.1`` next to ``flannel.1``); the dual-stack check probes both families."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -10,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from waiting import eventually
 
 from flannel.lab.cluster import Lab, LabNode
 
@@ -17,6 +22,9 @@ pytestmark = pytest.mark.e2e
 
 LabFactory = Callable[..., Lab]
 PREFIX = "/coreos.com/network/subnets/"
+FAMILIES = pytest.mark.parametrize("family", ["ipv4", "dual"])
+V4_KINDS = {"ping", "tcp", "wan-ping", "wan-tcp"}
+V6_KINDS = {"ping6", "tcp6", "wan-ping6", "wan-tcp6"}
 
 
 def jrun(lab: Lab, ns: str, *argv: str) -> list[dict[str, Any]]:
@@ -24,35 +32,58 @@ def jrun(lab: Lab, ns: str, *argv: str) -> list[dict[str, Any]]:
     return list(json.loads(out or "[]"))
 
 
-def eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll until ``check`` holds (generous: how fast is measured in bench/, not here)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
-        time.sleep(0.2)
-
-
 def subnet_of(lab: Lab, node: LabNode) -> str:
     return lab.subnet_env(node)["FLANNEL_SUBNET"].rsplit(".", 1)[0] + ".0/24"
 
 
-def vtep_mac(lab: Lab, node: LabNode) -> str:
-    return str(jrun(lab, node.netns, "ip", "-j", "link", "show", "flannel.1")[0]["address"])
+def subnet6_of(lab: Lab, node: LabNode) -> str:
+    return str(ipaddress.ip_interface(lab.subnet_env(node)["FLANNEL_IPV6_SUBNET"]).network)
 
 
-def routes(lab: Lab, node: LabNode) -> dict[str, dict[str, Any]]:
-    return {r["dst"]: r for r in jrun(lab, node.netns, "ip", "-j", "route", "show")}
+def vtep_mac(lab: Lab, node: LabNode, dev: str = "flannel.1") -> str:
+    return str(jrun(lab, node.netns, "ip", "-j", "link", "show", dev)[0]["address"])
 
 
-def fdb(lab: Lab, node: LabNode) -> list[dict[str, Any]]:
-    entries = jrun(lab, node.netns, "bridge", "-j", "fdb", "show", "dev", "flannel.1")
+def routes(lab: Lab, node: LabNode, family: str = "-4") -> dict[str, dict[str, Any]]:
+    return {r["dst"]: r for r in jrun(lab, node.netns, "ip", family, "-j", "route", "show")}
+
+
+def fdb(lab: Lab, node: LabNode, dev: str = "flannel.1") -> list[dict[str, Any]]:
+    entries = jrun(lab, node.netns, "bridge", "-j", "fdb", "show", "dev", dev)
     return [e for e in entries if "permanent" in e.get("state", "")]
 
 
 def assert_full_connectivity(lab: Lab) -> None:
     report = lab.check()
     assert report.ok, report.render()
+    want = (V4_KINDS if lab.spec.has_ipv4 else set()) | (V6_KINDS if lab.spec.has_ipv6 else set())
+    assert {row.kind for row in report.rows} == want
+
+
+def assert_vxlan6_state_like_upstream(lab: Lab) -> None:
+    """The IPv6 half of a dual-stack vxlan node: per peer S6/P6/M6 exactly
+    `S6 via S6.ip dev flannel-v6.1 onlink`, `S6.ip lladdr M6 PERMANENT`, `M6 dst P6 self permanent`."""
+    for node in lab.nodes:
+        table = routes(lab, node, "-6")
+        neigh = {
+            n["dst"]: n
+            for n in jrun(lab, node.netns, "ip", "-6", "-j", "neigh", "show", "dev", "flannel-v6.1")
+        }
+        entries = {e["mac"]: e for e in fdb(lab, node, "flannel-v6.1")}
+        for peer in lab.nodes:
+            if peer is node:
+                continue
+            subnet = subnet6_of(lab, peer)
+            gw = subnet.split("/")[0]
+            route = table[subnet]
+            assert (route["gateway"], route["dev"], "onlink" in route["flags"]) == (
+                gw,
+                "flannel-v6.1",
+                True,
+            )
+            mac = vtep_mac(lab, peer, "flannel-v6.1")
+            assert neigh[gw]["lladdr"] == mac and neigh[gw]["state"] == ["PERMANENT"]
+            assert entries[mac]["dst"] == peer.underlay_ip6
 
 
 def assert_vxlan_state_like_upstream(lab: Lab) -> None:
@@ -81,24 +112,35 @@ def assert_vxlan_state_like_upstream(lab: Lab) -> None:
             assert entries[mac]["dst"] == peer.underlay_ip
 
 
+@FAMILIES
 def test_vxlan_cluster_connects_every_pod_with_upstream_kernel_state(
-    lab_factory: LabFactory,
+    lab_factory: LabFactory, family: str
 ) -> None:
-    lab = lab_factory(nodes=3, backend="vxlan", pods_per_node=2)
+    lab = lab_factory(nodes=3, backend="vxlan", pods_per_node=2, family=family)
     assert_full_connectivity(lab)
     assert_vxlan_state_like_upstream(lab)
     assert lab.subnet_env(lab.nodes[0])["FLANNEL_MTU"] == "1450"
+    if family == "dual":
+        assert_vxlan6_state_like_upstream(lab)
+        v6_device = jrun(lab, lab.nodes[0].netns, "ip", "-j", "link", "show", "flannel-v6.1")
+        assert v6_device[0]["mtu"] == 1430  # underlay 1500 - 70: see the README on pod MTU
 
 
-def test_host_gw_cluster_routes_each_subnet_via_the_peer_node(lab_factory: LabFactory) -> None:
-    lab = lab_factory(nodes=3, backend="host-gw", pods_per_node=2)
+@FAMILIES
+def test_host_gw_cluster_routes_each_subnet_via_the_peer_node(
+    lab_factory: LabFactory, family: str
+) -> None:
+    lab = lab_factory(nodes=3, backend="host-gw", pods_per_node=2, family=family)
     assert_full_connectivity(lab)
     for node in lab.nodes:
-        table = routes(lab, node)
+        table, table6 = routes(lab, node), routes(lab, node, "-6")
         for peer in lab.nodes:
             if peer is not node:
                 route = table[subnet_of(lab, peer)]
                 assert (route["gateway"], route["dev"]) == (peer.underlay_ip, "eth0")
+                if family == "dual":
+                    route6 = table6[subnet6_of(lab, peer)]
+                    assert (route6["gateway"], route6["dev"]) == (peer.underlay_ip6, "eth0")
 
 
 def test_lease_written_into_etcd_in_upstream_json_is_programmed_and_removed(
@@ -115,25 +157,41 @@ def test_lease_written_into_etcd_in_upstream_json_is_programmed_and_removed(
     assert all(e["mac"] != "0e:77:77:77:77:77" for e in fdb(lab, node))
 
 
-def test_restart_keeps_subnet_and_vtep_mac_and_loses_no_pings(lab_factory: LabFactory) -> None:
-    lab = lab_factory(nodes=2, backend="vxlan", pods_per_node=1)
+def node_identity(lab: Lab, node: LabNode) -> tuple[str, ...]:
+    """What a restart must keep: the subnet(s) and VtepMAC(s)."""
+    if not lab.spec.has_ipv6:
+        return (lab.subnet_env(node)["FLANNEL_SUBNET"], vtep_mac(lab, node))
+    env = lab.subnet_env(node)
+    v6 = (env["FLANNEL_IPV6_SUBNET"], vtep_mac(lab, node, "flannel-v6.1"))
+    return (env["FLANNEL_SUBNET"], vtep_mac(lab, node), *v6)
+
+
+@FAMILIES
+def test_restart_keeps_subnet_and_vtep_mac_and_loses_no_pings(
+    lab_factory: LabFactory, family: str
+) -> None:
+    lab = lab_factory(nodes=2, backend="vxlan", pods_per_node=1, family=family)
     node, (src, dst) = lab.nodes[0], lab.pods
-    before = (lab.subnet_env(node)["FLANNEL_SUBNET"], vtep_mac(lab, node))
+    before = node_identity(lab, node)
+    targets = [dst.ip, *([dst.ip6] if dst.ip6 else [])]
     result: dict[str, str] = {}
 
-    def pinger() -> None:
+    def pinger(target: str) -> None:
         done = lab.run(
-            src.netns, "ping", "-c", "40", "-i", "0.1", "-W", "1", dst.ip, check=False, timeout=60
+            src.netns, "ping", "-c", "40", "-i", "0.1", "-W", "1", target, check=False, timeout=60
         )
-        result["out"] = done.stdout
+        result[target] = done.stdout
 
-    thread = threading.Thread(target=pinger)
-    thread.start()
+    threads = [threading.Thread(target=pinger, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
     time.sleep(0.5)
     lab.restart_flanneld(node)
-    thread.join()
-    assert (lab.subnet_env(node)["FLANNEL_SUBNET"], vtep_mac(lab, node)) == before
-    assert " 0% packet loss" in result["out"], result["out"]
+    for thread in threads:
+        thread.join()
+    assert node_identity(lab, node) == before
+    for target in targets:
+        assert " 0% packet loss" in result[target], result[target]
 
 
 def test_hand_deleted_route_neighbour_and_fdb_entry_come_back(lab_factory: LabFactory) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 
 import pytest
 from etcd_helpers import CONFIG, PREFIX, ManagerFactory, attrs
 
 from flannel.errors import LeaseRevokedError
+from flannel.lab.etcd import EtcdServer
 from flannel.model.lease import LeaseAttrs
 from flannel.subnet.etcd_client import EtcdClient
 
@@ -104,6 +107,113 @@ async def test_external_renewal_of_the_own_key_is_adopted(
             await asyncio.sleep(0.05)
         assert waits() == 2  # the external renewal re-armed the timer
         assert not keeper.done()
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+
+
+def _lease_count(server: EtcdServer) -> int:
+    """Leases etcd holds, as an operator sees them (``etcdctl lease list``)."""
+    out = server.etcdctl("lease", "list", "-w", "json")
+    return len(json.loads(out).get("leases") or [])
+
+
+async def test_restarts_reuse_the_subnet_without_leaving_old_etcd_leases_behind(
+    etcd_server: EtcdServer, etcd_client: EtcdClient, make_manager: ManagerFactory
+) -> None:
+    await etcd_client.put(f"{PREFIX}/config", CONFIG)
+    nodes = ("1.1.1.1", "2.2.2.2", "3.3.3.3")
+    first = {ip: (await make_manager().acquire_lease(attrs(ip))).subnet for ip in nodes}
+    assert _lease_count(etcd_server) == 3
+    for _restart in range(5):
+        for ip in nodes:
+            manager = make_manager()
+            assert (await manager.acquire_lease(attrs(ip))).subnet == first[ip]
+            await manager.close()
+    assert _lease_count(etcd_server) == 3  # upstream: 3 + 15, each left to expire for 24 h
+    kvs, _ = await etcd_client.get_prefix(f"{PREFIX}/subnets/")
+    assert all(kv.lease != 0 for kv in kvs) and len(kvs) == 3
+
+
+async def test_a_renewal_revokes_the_etcd_lease_it_replaces(
+    etcd_server: EtcdServer, etcd_client: EtcdClient, make_manager: ManagerFactory
+) -> None:
+    await etcd_client.put(f"{PREFIX}/config", CONFIG)
+    manager = make_manager(lease_ttl=30)
+    lease = await manager.acquire_lease(attrs("1.2.3.4"))
+    for _ in range(3):
+        lease = await manager.renew_lease(lease)
+    assert _lease_count(etcd_server) == 1
+
+
+async def test_a_lease_shorter_than_the_margin_logs_a_positive_wait_and_is_renewed(
+    etcd_client: EtcdClient, make_manager: ManagerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    await etcd_client.put(f"{PREFIX}/config", CONFIG)
+    manager = make_manager(lease_ttl=6)  # the default 60 min margin exceeds the 6 s lease
+    lease = await manager.acquire_lease(attrs("1.2.3.4"))
+    key = await _own_key(etcd_client, lease.subnet)
+    before, _ = await etcd_client.get(key)
+    assert before is not None
+    caplog.set_level("INFO", logger="flannel.subnet.etcd")
+    keeper = asyncio.create_task(manager.complete_lease(lease))
+    try:
+        for _ in range(100):
+            now, _ = await etcd_client.get(key)
+            if now is not None and now.lease != before.lease:
+                break
+            await asyncio.sleep(0.1)
+        assert now is not None and now.lease != before.lease
+        waits = [r.getMessage() for r in caplog.records if "to renew lease" in r.getMessage()]
+        assert waits, "the keeper logged no wait"
+        for line in waits:
+            assert re.fullmatch(r"Waiting for [0-9.]+s to renew lease", line), line
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+
+
+async def test_a_renewal_moves_the_expiry_gauge_and_counts_on_metrics(
+    etcd_client: EtcdClient, make_manager: ManagerFactory
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from flannel.daemon.health import HealthState
+
+    def scrape(health: HealthState) -> dict[str, float]:
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(health.render_metrics())
+            for sample in family.samples
+        }
+
+    await etcd_client.put(f"{PREFIX}/config", CONFIG)
+    manager = make_manager(lease_ttl=4, renew_margin_minutes=2 / 60)
+    lease = await manager.acquire_lease(attrs("1.2.3.5"))
+    health = HealthState()
+    for family in manager.metric_families():
+        health.families[family.name] = family
+    keeper = asyncio.create_task(manager.complete_lease(lease))
+    try:
+        await asyncio.sleep(0.3)
+        first = scrape(health)
+        assert lease.expiration is not None
+        assert (
+            abs(first["flannel_lease_expiration_timestamp_seconds"] - lease.expiration.timestamp())
+            < 1
+        )
+        assert first["flannel_lease_renewals_total"] == 0
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            if scrape(health)["flannel_lease_renewals_total"] >= 1:
+                break
+        after = scrape(health)
+        assert after["flannel_lease_renewals_total"] >= 1
+        assert (
+            after["flannel_lease_expiration_timestamp_seconds"]
+            > first["flannel_lease_expiration_timestamp_seconds"]
+        )
+        assert after["flannel_lease_renewal_failures_total"] == 0
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)

@@ -39,3 +39,31 @@ async def test_losing_the_create_race_retries_with_another_subnet(
     )
     assert a.subnet != b.subnet
     assert any("taken by another node" in r.getMessage() for r in caplog.records)
+
+
+async def test_dual_stack_racers_for_one_ipv4_subnet_never_both_keep_it(
+    etcd_client: EtcdClient, make_manager: ManagerFactory
+) -> None:
+    """Keys name both subnets: two nodes taking one IPv4 subnet with different IPv6 subnets at the
+    same moment both pass create-if-absent. The first creator (etcd create revision) keeps it."""
+    await etcd_client.put(
+        f"{PREFIX}/config",
+        '{"Network":"10.0.0.0/22","EnableIPv6":true,"IPv6Network":"fd00:10::/56"}',
+    )
+    manager = make_manager(rng=random.Random(3))
+    real_create = manager.create_lease
+    raced: list[str] = []
+
+    async def create(subnet, ipv6_subnet, lease_attrs):  # type: ignore[no-untyped-def]
+        if not raced:  # another node writes the same IPv4 subnet with another IPv6 subnet first
+            key = f"{PREFIX}/subnets/{subnet.network_address}-{subnet.prefixlen}&fd00:10:0:ff::-64"
+            raced.append(str(subnet))
+            await etcd_client.put(key, '{"PublicIP":"192.168.100.99","PublicIPv6":null}')
+        return await real_create(subnet, ipv6_subnet, lease_attrs)
+
+    manager.create_lease = create  # type: ignore[method-assign]
+    mine = await manager.acquire_lease(attrs("192.168.100.11"))
+    assert raced and str(mine.subnet) != raced[0]
+    kvs, _ = await etcd_client.get_prefix(f"{PREFIX}/subnets/")
+    v4_parts = [kv.key.rsplit("/", 1)[1].split("&")[0] for kv in kvs]
+    assert sorted(v4_parts) == sorted(set(v4_parts)) and len(kvs) == 2

@@ -83,7 +83,7 @@ async def test_compaction_triggers_a_relist_that_reports_changes_then_live_event
     etcd_client: EtcdClient, make_manager: ManagerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mac_a = '{"VNI":1,"VtepMAC":"aa:aa:aa:aa:aa:aa"}'
-    mac_b = '{"VNI":1,"VtepMAC":"bb:bb:bb:bb:bb:bb"}'
+    mac_b = '{"VNI":1,"VtepMAC":"0e:bb:bb:bb:bb:bb"}'  # unicast: a multicast VtepMAC is refused
     peer_key = f"{SUBNETS}/10.3.20.0-24"
     await etcd_client.put(
         peer_key, attrs("5.5.5.5", backend_type="vxlan", backend_data=mac_a).to_json()

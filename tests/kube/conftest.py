@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from kube_helpers import Factory
 
-from flannel.daemon.settings import Settings
 from flannel.lab.apiserver import KubeApiDouble
+from flannel.model.settings import Settings
 from flannel.subnet.kube import KubeSubnetManager
 
 pytestmark = pytest.mark.kube

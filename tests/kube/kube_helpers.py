@@ -14,7 +14,11 @@ VXLAN_DATA = '{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}'
 Factory = Callable[..., Awaitable[KubeSubnetManager]]
 
 
-def managed_annotations(public_ip: str, mac: str = "12:c6:65:89:b4:e3") -> dict[str, str]:
+PEER_MAC = "0e:5a:11:22:33:44"
+"""A peer's VtepMAC: never our own (VXLAN_DATA's), which LeaseWatcher refuses as a peer's."""
+
+
+def managed_annotations(public_ip: str, mac: str = PEER_MAC) -> dict[str, str]:
     """What a running flanneld has written on its node."""
     return {
         P + "kube-subnet-manager": "true",

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from kube_helpers import Factory
 
-from flannel.daemon.settings import Settings
 from flannel.errors import DatastoreError
 from flannel.lab.apiserver import KubeApiDouble
+from flannel.model.settings import Settings
 from flannel.subnet.kube_client import client_config
 
 pytestmark = pytest.mark.kube

@@ -17,9 +17,9 @@ from kube_helpers import P, eventually, managed_annotations
 
 from flannel.daemon.health import HealthState
 from flannel.daemon.main import DaemonDeps, run_daemon
-from flannel.daemon.settings import Settings
 from flannel.lab.apiserver import KubeApiDouble
 from flannel.model.iface import ExternalInterface
+from flannel.model.settings import Settings
 
 pytestmark = pytest.mark.kube
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_helpers import VXLAN_DATA, Factory, P, eventually, managed_annotations
+from kube_helpers import PEER_MAC, VXLAN_DATA, Factory, P, eventually, managed_annotations
 
 from flannel.errors import DatastoreError
 from flannel.lab.apiserver import KubeApiDouble
@@ -68,7 +68,7 @@ async def test_the_first_batch_is_a_snapshot_of_managed_peers_without_ourselves(
         assert seen.events == [(EventType.ADDED, "10.244.2.0/24")]
         lease = seen.batches[0][0].lease
         assert lease.attrs.public_ip == IPv4Address("10.0.0.2")
-        assert lease.attrs.backend_data == VXLAN_DATA
+        assert lease.attrs.backend_data == f'{{"VNI":1,"VtepMAC":"{PEER_MAC}"}}'
 
 
 async def test_irrelevant_updates_emit_nothing_and_relevant_ones_emit_added(
@@ -108,7 +108,10 @@ async def test_a_node_that_becomes_managed_is_added_and_a_deleted_node_is_remove
 async def test_dual_stack_forwards_a_change_of_only_the_v6_family(
     api: KubeApiDouble, manager_factory: Factory, net_conf: Callable[..., Path]
 ) -> None:
-    v6 = {P + "public-ipv6": "fc00::2", P + "backend-v6-data": VXLAN_DATA}
+    v6 = {
+        P + "public-ipv6": "fc00::2",
+        P + "backend-v6-data": f'{{"VNI":1,"VtepMAC":"{PEER_MAC}"}}',
+    }
     api.add_node("node-a", ["10.244.1.0/24", "fd00:10:244:1::/64"])
     api.add_node(
         "node-b", ["10.244.2.0/24", "fd00:10:244:2::/64"], {**managed_annotations("10.0.0.2"), **v6}
@@ -239,3 +242,32 @@ async def test_a_silent_watch_is_abandoned_and_resumed(
         reflector.silence_limit = 3600
         api.add_node("node-b", ["10.244.2.0/24"], managed_annotations("10.0.0.2"))
         await eventually(lambda: seen.events == [(EventType.ADDED, "10.244.2.0/24")])
+
+
+async def test_an_annotated_peer_is_added_once_its_pod_cidr_is_assigned(
+    api: KubeApiDouble, manager_factory: Factory
+) -> None:
+    api.add_node("node-a", ["10.244.1.0/24"])
+    api.add_node("node-b", [], managed_annotations("10.0.0.2"))  # no podCIDR yet: no lease
+    async with watching(await manager_factory()) as seen:
+        assert seen.events == []
+        api.update_node(
+            "node-b",
+            lambda n: n["spec"].update(podCIDR="10.244.2.0/24", podCIDRs=["10.244.2.0/24"]),
+        )  # the annotations did not change: upstream (and an annotation diff) never adds it
+        await eventually(lambda: seen.events == [(EventType.ADDED, "10.244.2.0/24")])
+
+
+async def test_a_watch_version_the_server_has_not_reached_makes_the_reflector_re_list(
+    api: KubeApiDouble, manager_factory: Factory
+) -> None:
+    api.fresh_wait = 0.1
+    api.add_node("node-a", ["10.244.1.0/24"])
+    manager = await manager_factory()
+    async with watching(manager) as seen:
+        reflector: Any = manager.reflector
+        reflector.resource_version = str(api.store.rv + 1000)  # e.g. the server lost its state
+        api.close_watches()
+        api.add_node("node-b", ["10.244.2.0/24"], managed_annotations("10.0.0.2"))
+        await eventually(lambda: seen.events == [(EventType.ADDED, "10.244.2.0/24")])
+        assert reflector.relists == 2

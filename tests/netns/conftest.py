@@ -1,33 +1,20 @@
-"""Namespaces for the netns suites (test_dataplane_vxlan.py brings its own ``netns`` with an
-underlay; test_readback.py its ``busy_netns``)."""
+"""Namespaces for the netns suites: ``netns`` and ``make_netns`` come from tests/conftest.py
+(test_dataplane_vxlan.py asks for one with an underlay; test_readback.py builds its ``busy_netns``)."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from traffic_harness import NODE_WAN_IP, REPORTER, WAN_IP, Routed, sh
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"pfd-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@pytest.fixture
-def routed(netns: str) -> Iterator[Routed]:
+def routed(netns: str, make_netns: Callable[..., str]) -> Iterator[Routed]:
     """A pod routed through ``netns`` to a wan host running the address reporter."""
-    pod, wan = f"{netns}-p", f"{netns}-w"
-    for name in (pod, wan):
-        subprocess.run(["ip", "netns", "add", name], check=True)
+    pod, wan = make_netns("pfp"), make_netns("pfw")
     server = None
     try:
         for ns, cmd in (
@@ -57,5 +44,3 @@ def routed(netns: str) -> Iterator[Routed]:
             server.wait(timeout=10)
             if server.stdout is not None:
                 server.stdout.close()
-        for name in (pod, wan):
-            subprocess.run(["ip", "netns", "del", name], check=False)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -17,10 +16,10 @@ import pytest
 
 from flannel.backend.base import BackendContext
 from flannel.backend.hostgw import HostGwBackend
+from flannel.backend.peers import PeerNetwork
 from flannel.backend.vxlan import VxlanBackend
 from flannel.dataplane.netlink import NetlinkKernel
 from flannel.dataplane.objects import Neigh, Route
-from flannel.dataplane.peers import PeerNetwork
 from flannel.dataplane.plan import Scope
 from flannel.dataplane.reconciler import Reconciler
 from flannel.model.config import check_network_config, parse_config
@@ -49,18 +48,9 @@ def bridge_fdb(ns: str, dev: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"pfb-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        sh(name, "link", "set", "lo", "up")
-        sh(name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        sh(name, "addr", "add", f"{UNDERLAY_IP}/24", "dev", "eth0")
-        sh(name, "link", "set", "eth0", "up")
-        sh(name, "link", "set", "eth0p", "up")
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+def netns(make_netns: Callable[..., str]) -> str:
+    """A namespace with the underlay ``eth0`` at UNDERLAY_IP."""
+    return make_netns("pfb", underlay=f"{UNDERLAY_IP}/24")
 
 
 def ext_iface(ns: str) -> ExternalInterface:
@@ -143,24 +133,21 @@ def accept_ra(ns: str, device: str) -> str:
 async def test_applying_the_same_desired_state_twice_changes_nothing(netns: str) -> None:
     async with running(netns, peers=(peer_lease(9), peer_lease(10))) as (network, _):
         recorded: list[tuple[str, object]] = []
-        kernel = NetlinkKernel(netns)
 
-        class Recording:
-            def read_state(self) -> list[Any]:
-                return kernel.read_state()
-
+        class Recording(NetlinkKernel):
             def apply(self, action: str, obj: Any) -> None:
                 recorded.append((action, obj))
-                kernel.apply(action, obj)
+                super().apply(action, obj)
 
-        again = Reconciler(Recording(), network.reconciler.scope)
+        kernel = Recording(netns)
+        again = Reconciler(kernel, network.reconciler.scope)
         again.enable_prune()
         for group in network.reconciler.groups():
-            again.set_group(group, network.reconciler._groups[group])
+            again.set_group(group, network.reconciler.group_objects(group))
         try:
-            assert await asyncio.to_thread(again.reconcile_once)
+            assert await again.reconcile_once()
         finally:
-            await asyncio.to_thread(kernel.close)
+            await kernel.aclose()
         assert recorded == []
 
 
@@ -266,10 +253,14 @@ async def test_host_gw_routes_each_peer_via_its_public_ip(netns: str) -> None:
         await eventually(lambda: routes(netns) == [])
 
 
-def test_scope_never_owns_routes_outside_the_cluster_network() -> None:
+def test_scope_owns_untagged_routes_only_inside_the_cluster_network() -> None:
+    # Issue #11.2: a route flannel tagged is flannel's wherever it points (a stale hijack of the
+    # underlay must be prunable); someone else's untagged route outside the network never is.
     scope = Scope(frozenset({"flannel.1"}), ("10.5.0.0/16",))
-    assert not scope.owns(Route("10.6.0.0/24", "flannel.1", "10.6.0.0"))
+    assert not scope.owns(Route("10.6.0.0/24", "flannel.1", "10.6.0.0", protocol=3))
+    assert scope.owns(Route("10.6.0.0/24", "flannel.1", "10.6.0.0"))
     assert scope.owns(Route("10.5.3.0/24", "flannel.1", "10.5.3.0"))
+    assert scope.owns(Route("10.5.3.0/24", "flannel.1", "10.5.3.0", protocol=3))
 
 
 async def test_dual_stack_programs_flannel_v6_with_the_v6_peer(netns: str) -> None:

@@ -8,7 +8,20 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from traffic_harness import N4, N6, P4, P6, Routed, running, sh, wait_until
+from traffic_harness import (
+    N4,
+    N6,
+    NODE_WAN_IP,
+    P4,
+    P6,
+    Routed,
+    WatchingRunner,
+    connections_during,
+    masq_in_place,
+    running,
+    sh,
+    wait_until,
+)
 from traffic_harness import make_plan as harness_plan
 
 from flannel.errors import TrafficError
@@ -209,3 +222,48 @@ async def test_forward_rules_let_pod_traffic_through_a_drop_policy(routed: Route
     assert routed.seen_by_wan() is None
     await start_traffic_rules(make_plan(routed.node, network6=None))
     assert routed.seen_by_wan() == "192.168.77.1"
+
+
+async def test_a_restart_never_leaves_pod_traffic_unmasqueraded(routed: Routed) -> None:
+    stale_pod = ip_network("10.42.9.0/24")
+    keeper = await start_traffic_rules(make_plan(routed.node, network6=None, pod4=stale_pod))
+    async with running(keeper):
+        assert routed.seen_by_wan() == NODE_WAN_IP
+    # The daemon-side manager stopped: nothing is removed at shutdown, traffic still masqueraded.
+    assert masq_in_place(routed.node)
+    assert routed.seen_by_wan() == NODE_WAN_IP
+    # The next run finds the previous run's rules (another pod subnet) and replaces them.
+    watcher = WatchingRunner(routed.node)
+    plan = make_plan(routed.node, network6=None, prev_network4=N4, prev_pod4=stale_pod)
+    keeper = await start_traffic_rules(plan, runner=watcher)
+    restores = [tool for tool, _ in watcher.states if tool == "iptables-restore"]
+    assert restores == ["iptables-restore"]  # the stale nat rules replaced in one transaction
+    assert all(ok for _, ok in watcher.states), watcher.states
+    assert "10.42.9.0" not in sh(routed.node, "iptables-save")
+    assert masq_listing(routed.node) == golden_masq(str(N4), str(P4), "224.0.0.0/4")
+    assert routed.seen_by_wan() == NODE_WAN_IP
+
+
+async def test_switching_modes_never_leaves_a_moment_without_masquerade(netns: str) -> None:
+    await start_traffic_rules(make_plan(netns))
+    for use_nftables in (True, False):
+        watcher = WatchingRunner(netns)
+        await start_traffic_rules(make_plan(netns, use_nftables=use_nftables), runner=watcher)
+        assert watcher.states and all(ok for _, ok in watcher.states), watcher.states
+    assert "flannel" not in sh(netns, "nft", "list", "tables")
+    assert masq_listing(netns) == golden_masq(str(N4), str(P4), "224.0.0.0/4")
+
+
+async def test_connections_made_across_restarts_and_mode_switches_are_all_masqueraded(
+    routed: Routed,
+) -> None:
+    await start_traffic_rules(make_plan(routed.node, network6=None))
+
+    async def restarts() -> None:
+        for use_nftables in (False, False, True, False, False):
+            await start_traffic_rules(
+                make_plan(routed.node, network6=None, use_nftables=use_nftables)
+            )
+
+    seen = await connections_during(routed, restarts)
+    assert seen and set(seen) == {NODE_WAN_IP}, seen

@@ -5,10 +5,24 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from traffic_harness import N4, N6, P4, P6, Routed, running, sh, wait_until
+from traffic_harness import (
+    N4,
+    N6,
+    NODE_WAN_IP,
+    P4,
+    P6,
+    Routed,
+    WatchingRunner,
+    connections_during,
+    masq_in_place,
+    running,
+    sh,
+    wait_until,
+)
 from traffic_harness import make_plan as harness_plan
 
 from flannel.errors import TrafficError
@@ -160,3 +174,34 @@ async def test_masqueraded_pod_traffic_reaches_the_wan_host_from_the_node_ip(
     assert routed.seen_by_wan() is None  # the wan host has no route back to pods
     await start_traffic_rules(make_plan(routed.node, network6=None))
     assert routed.seen_by_wan() == "192.168.77.1"
+
+
+async def test_a_restart_never_leaves_pod_traffic_unmasqueraded(routed: Routed) -> None:
+    stale_pod = ip_network("10.42.9.0/24")
+    keeper = await start_traffic_rules(make_plan(routed.node, network6=None, pod4=stale_pod))
+    async with running(keeper):
+        assert routed.seen_by_wan() == NODE_WAN_IP
+    assert masq_in_place(routed.node)  # nothing removed when the manager stops
+    assert routed.seen_by_wan() == NODE_WAN_IP
+    watcher = WatchingRunner(routed.node)
+    plan = make_plan(routed.node, network6=None, prev_network4=N4, prev_pod4=stale_pod)
+    await start_traffic_rules(plan, runner=watcher)
+    assert [tool for tool, _ in watcher.states][:1] == ["nft"]  # both tables in one transaction
+    assert all(ok for _, ok in watcher.states), watcher.states
+    assert "10.42.9.0" not in sh(routed.node, "nft", "list", "ruleset")
+    assert routed.seen_by_wan() == NODE_WAN_IP
+
+
+async def test_connections_made_across_restarts_and_mode_switches_are_all_masqueraded(
+    routed: Routed,
+) -> None:
+    await start_traffic_rules(make_plan(routed.node, network6=None))
+
+    async def restarts() -> None:
+        for use_nftables in (True, True, False, True, True):
+            await start_traffic_rules(
+                make_plan(routed.node, network6=None, use_nftables=use_nftables)
+            )
+
+    seen = await connections_during(routed, restarts)
+    assert seen and set(seen) == {NODE_WAN_IP}, seen

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import errno
 import json
-import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -38,40 +37,35 @@ def ip_json(ns: str, *argv: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def busy_netns() -> Iterator[str]:
-    name = f"pfr-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        script = [
-            "link set lo up",
-            "link add eth0 type veth peer name eth0p",
-            "addr add 192.168.9.1/24 dev eth0",
-            "addr add fd00:9::1/64 dev eth0 nodad",
-            "link set eth0 up",
-            "link set eth0p up",
-            "link add vx0 type vxlan id 7 dstport 4789 local 192.168.9.1 dev eth0 gbp nolearning",
-            "link set vx0 mtu 1400 address 0e:00:00:00:00:07 up",
-            "link add vx6 type vxlan id 9 dstport 8472 local fd00:9::1 learning",
-            "addr add 10.5.0.0/32 dev vx0",
-            "neigh add 10.5.9.0 lladdr 0e:aa:bb:cc:dd:09 dev vx0 nud permanent",
-            "neigh add fd00:5:9:: lladdr 0e:aa:bb:cc:dd:19 dev vx6 nud permanent",
-            "neigh add 192.168.9.7 lladdr 0e:aa:bb:cc:dd:77 dev eth0 nud reachable",
-            "route add 10.5.9.0/24 via 10.5.9.0 dev vx0 onlink proto 86",
-            "route add 10.6.0.0/16 via 192.168.9.254 dev eth0",
-            "route add blackhole 10.7.0.0/16",
-            "route add 10.8.0.0/16 dev vx0 table 100",
-            "route add default via 192.168.9.254",
-            "route add fd00:5:9::/64 via fd00:9::9 dev eth0 proto 86",
-        ]
-        script += [f"route add 10.200.{i // 256}.{i % 256}/32 dev eth0" for i in range(BULK_ROUTES)]
-        subprocess.run(
-            ["ip", "-n", name, "-batch", "-"], input="\n".join(script), text=True, check=True
-        )
-        fdb = ["fdb", "add", "0e:aa:bb:cc:dd:09", "dev", "vx0", "dst", "192.168.9.9", "self"]
-        subprocess.run(["bridge", "-n", name, *fdb, "permanent"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+def busy_netns(make_netns: Callable[..., str]) -> str:
+    name = make_netns("pfr")
+    script = [
+        "link add eth0 type veth peer name eth0p",
+        "addr add 192.168.9.1/24 dev eth0",
+        "addr add fd00:9::1/64 dev eth0 nodad",
+        "link set eth0 up",
+        "link set eth0p up",
+        "link add vx0 type vxlan id 7 dstport 4789 local 192.168.9.1 dev eth0 gbp nolearning",
+        "link set vx0 mtu 1400 address 0e:00:00:00:00:07 up",
+        "link add vx6 type vxlan id 9 dstport 8472 local fd00:9::1 learning",
+        "addr add 10.5.0.0/32 dev vx0",
+        "neigh add 10.5.9.0 lladdr 0e:aa:bb:cc:dd:09 dev vx0 nud permanent",
+        "neigh add fd00:5:9:: lladdr 0e:aa:bb:cc:dd:19 dev vx6 nud permanent",
+        "neigh add 192.168.9.7 lladdr 0e:aa:bb:cc:dd:77 dev eth0 nud reachable",
+        "route add 10.5.9.0/24 via 10.5.9.0 dev vx0 onlink proto 86",
+        "route add 10.6.0.0/16 via 192.168.9.254 dev eth0",
+        "route add blackhole 10.7.0.0/16",
+        "route add 10.8.0.0/16 dev vx0 table 100",
+        "route add default via 192.168.9.254",
+        "route add fd00:5:9::/64 via fd00:9::9 dev eth0 proto 86",
+    ]
+    script += [f"route add 10.200.{i // 256}.{i % 256}/32 dev eth0" for i in range(BULK_ROUTES)]
+    subprocess.run(
+        ["ip", "-n", name, "-batch", "-"], input="\n".join(script), text=True, check=True
+    )
+    fdb = ["fdb", "add", "0e:aa:bb:cc:dd:09", "dev", "vx0", "dst", "192.168.9.9", "self"]
+    subprocess.run(["bridge", "-n", name, *fdb, "permanent"], check=True)
+    return name
 
 
 def _host(dst: str, version: int) -> str:

@@ -8,11 +8,12 @@ import asyncio
 import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import ip_network
 
 from flannel.trafficmgr.manager import TrafficKeeper, TrafficPlan
+from flannel.trafficmgr.runner import CommandResult, Runner
 
 N4, P4 = ip_network("10.42.0.0/16"), ip_network("10.42.1.0/24")
 N6, P6 = ip_network("fd00:42::/56"), ip_network("fd00:42:0:1::/64")
@@ -113,3 +114,51 @@ class Routed:
             timeout=30,
         )
         return done.stdout.strip() if done.returncode == 0 else None
+
+
+def masq_in_place(ns: str) -> bool:
+    """True when the namespace masquerades pod traffic leaving N4, by iptables or nftables."""
+    saved = sh(ns, "iptables-save", "-t", "nat")
+    jump = '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG'
+    masq = f"-A FLANNEL-POSTRTG -s {N4} ! -d 224.0.0.0/4 "
+    if jump in saved and masq in saved:
+        return True
+    chain = sh(ns, "nft", "list", "chain", "ip", "flannel-ipv4", "postrtg", check=False)
+    return f"ip saddr {N4} ip daddr != 224.0.0.0/4 masquerade" in chain
+
+
+class WatchingRunner(Runner):
+    """Runs commands like Runner and, after each one that changes rules, records whether the
+    masquerade rules were in place: the rule dumps show every state a transaction left behind."""
+
+    def __init__(self, netns: str) -> None:
+        super().__init__(netns)
+        self.states: list[tuple[str, bool]] = []
+
+    async def run(self, argv: Sequence[str], *, stdin: str | None = None) -> CommandResult:
+        result = await super().run(argv, stdin=stdin)
+        tool = argv[0].rsplit("/", 1)[-1]
+        if tool.endswith("-restore") or (tool == "nft" and "-f" in argv and "--check" not in argv):
+            self.states.append((tool, masq_in_place(self.netns or "")))
+        return result
+
+
+async def connections_during(
+    routed: Routed, work: Callable[[], Awaitable[None]]
+) -> list[str | None]:
+    """What the wan host saw for each connection the pod made, back to back, while ``work`` ran
+    (at least one connection overlaps it)."""
+    seen: list[str | None] = []
+    done = asyncio.Event()
+
+    async def connect() -> None:
+        while not done.is_set() or not seen:
+            seen.append(await asyncio.to_thread(routed.seen_by_wan))
+
+    client = asyncio.create_task(connect())
+    try:
+        await work()
+    finally:
+        done.set()
+        await client
+    return seen

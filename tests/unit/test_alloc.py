@@ -82,3 +82,11 @@ def test_a_large_lease_overlapping_many_candidates_blocks_them_all() -> None:
     taken = [IPv4Network("10.0.0.0/20"), IPv4Network("10.0.17.0/24"), IPv4Network("10.0.16.0/24")]
     free = v4_candidates(cfg, taken, limit=3)
     assert free == [IPv4Network(f"10.0.{n}.0/24") for n in (18, 19, 20)]
+
+
+def test_a_bogus_lease_covering_the_whole_network_does_not_exhaust_allocation() -> None:
+    # Regression (#11.2): a key 10.5.0.0-16 made every new node fail with "out of subnets".
+    cfg = check_network_config(parse_config('{"Network":"10.5.0.0/16"}'))
+    bogus = Lease(subnet=IPv4Network("10.5.0.0/16"), attrs=LeaseAttrs())
+    subnet, _ = allocate(cfg, [bogus], random.Random(1))
+    assert subnet.prefixlen == 24 and subnet.subnet_of(IPv4Network("10.5.0.0/16"))

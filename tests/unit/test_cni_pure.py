@@ -172,3 +172,29 @@ def test_fastjson_errors_read_like_the_json_package(text: str) -> None:
     with pytest.raises(ValueError) as theirs:
         json.loads(text)
     assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize(
+    ("route", "needle"),
+    [
+        ({"dst": "10.9.0.0/16", "mtu": "1400"}, "cannot unmarshal string into Go struct field Route.mtu of type int"),
+        ({"dst": "10.9.0.0/16", "priority": 1.5}, "cannot unmarshal number into Go struct field Route.priority"),
+        ({"dst": "10.9.0.0/16", "table": True}, "cannot unmarshal bool into Go struct field Route.table"),
+        ({"dst": "10.9.0.0/16", "scope": 10**30}, "Route.scope of type int"),
+    ],
+)  # fmt: skip
+def test_route_integers_of_the_wrong_type_are_rejected_as_go_does(
+    route: dict[str, object], needle: str
+) -> None:
+    env = parse(V4)
+    with pytest.raises(CniError) as error:
+        build_delegate(load_netconf({"name": "n", "ipam": {"routes": [route]}}), env)
+    assert needle in error.value.msg
+
+
+def test_route_integers_pass_through() -> None:
+    conf = load_netconf({"name": "n", "ipam": {"routes": [{"dst": "10.9.0.0/16", "mtu": 1400}]}})
+    assert build_delegate(conf, parse(V4))["ipam"]["routes"][0] == {
+        "dst": "10.9.0.0/16",
+        "mtu": 1400,
+    }

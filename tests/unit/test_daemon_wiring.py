@@ -7,6 +7,7 @@ and lease revocation → 0, fatal errors → 1) and that readiness follows subne
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -17,11 +18,12 @@ import pytest
 
 from flannel.daemon.health import HealthState
 from flannel.daemon.main import DaemonDeps, run_daemon
-from flannel.daemon.settings import Settings
 from flannel.errors import ConfigError, LeaseRevokedError
 from flannel.model.config import NetworkConfig
 from flannel.model.iface import ExternalInterface
 from flannel.model.lease import Lease, LeaseAttrs, LeaseEvent
+from flannel.model.settings import Settings
+from flannel.subnet.base import DatastoreStatus
 
 EXT = ExternalInterface(
     name="eth0",
@@ -49,6 +51,7 @@ class ScriptedManager:
         self.revoke_after = revoke_after
         self.acquired: list[LeaseAttrs] = []
         self.closed = False
+        self.status = DatastoreStatus(True, 0.0, "scripted", "")
 
     @property
     def name(self) -> str:
@@ -65,8 +68,11 @@ class ScriptedManager:
         return Lease(subnet=IPv4Network("10.5.72.0/24"), attrs=attrs)
 
     async def watch_leases(self, own: Lease) -> AsyncIterator[list[LeaseEvent]]:
+        yield []  # the (empty) snapshot: the contract's "synced" signal
         await asyncio.sleep(3600)
-        yield []
+
+    def datastore_status(self) -> DatastoreStatus:
+        return self.status
 
     async def complete_lease(self, lease: Lease) -> None:
         if self.revoke_after is None:
@@ -163,5 +169,53 @@ async def test_unwritable_subnet_file_keeps_node_not_ready(tmp_path: Path) -> No
     task = asyncio.create_task(run_daemon(settings, {}, _deps(ScriptedManager(), []), health))
     await _wait_for(lambda: "cannot write" in health.not_ready_reason)
     assert not health.ready
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_subnet_file_write_is_retried_until_it_succeeds_then_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue #11.5: a full disk kept /readyz at 503 forever; the write is now retried with backoff.
+    from flannel.daemon import subnetfile
+
+    real = subnetfile.write_subnet_file
+    failures = [OSError(errno.ENOSPC, "No space left on device")] * 2
+
+    def full_disk(path: str, content: str) -> None:
+        if failures:
+            raise failures.pop()
+        real(path, content)
+
+    monkeypatch.setattr(subnetfile, "write_subnet_file", full_disk)
+    health = HealthState()
+    settings = Settings(subnet_file=str(tmp_path / "subnet.env"))
+    task = asyncio.create_task(run_daemon(settings, {}, _deps(ScriptedManager(), []), health))
+    await _wait_for(lambda: "No space left" in health.not_ready_reason)
+    await _wait_for(lambda: health.ready)
+    assert failures == [] and (tmp_path / "subnet.env").exists()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_unreachable_datastore_is_reported_but_keeps_running(tmp_path: Path) -> None:
+    manager = ScriptedManager()
+    health = HealthState()
+    settings = Settings(subnet_file=str(tmp_path / "subnet.env"))
+    task = asyncio.create_task(run_daemon(settings, {}, _deps(manager, []), health))
+    await _wait_for(lambda: health.ready)
+    manager.status = DatastoreStatus(False, 1764633600.0, "http://etcd:2379", "deadline exceeded")
+    assert health.not_ready_reason == (
+        "datastore unreachable since 2025-12-02T00:00:00Z (http://etcd:2379: deadline exceeded)"
+    )
+    assert "flannel_datastore_reachable 0" in health.render_metrics()
+    # the exact second (a %g rendering gave 1.76463e+09: the time to within ~17 minutes)
+    assert "flannel_datastore_unreachable_since_timestamp_seconds 1764633600\n" in (
+        health.render_metrics()
+    )
+    await asyncio.sleep(0.1)
+    assert not task.done() and not manager.closed  # nothing torn down
+    manager.status = DatastoreStatus(True, 1764633700.0, "http://etcd:2379", "")
+    assert health.ready
     os.kill(os.getpid(), signal.SIGTERM)
     assert await asyncio.wait_for(task, 10) == 0

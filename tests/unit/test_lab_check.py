@@ -9,6 +9,7 @@ from flannel.lab.check import (
     Endpoint,
     plan_pings,
     plan_tcp,
+    plan_warmup,
 )
 
 
@@ -38,6 +39,23 @@ def test_large_labs_still_ping_every_same_node_pair_and_other_nodes() -> None:
     crossing = [(a, b) for a, b in pairs if a.node != b.node]
     assert {a.name for a, _ in crossing} == {p.name for p in endpoints}
     assert len(pairs) < len(endpoints) * (len(endpoints) - 1) // 4
+
+
+def test_warm_up_opens_each_cross_node_pod_pair_once_from_the_lower_node() -> None:
+    endpoints = pods(3, 2)
+    warmup = plan_warmup(plan_pings(endpoints))
+    assert len(warmup) == 12  # 6 pods, 15 unordered pairs, 3 of them on one node
+    assert all(a.node < b.node for a, b in warmup)  # never both directions of one tunnel at once
+    assert len({frozenset((a.name, b.name)) for a, b in warmup}) == len(warmup)
+
+
+def test_warm_up_of_a_large_lab_follows_its_reduced_matrix() -> None:
+    endpoints = pods(50, 2)
+    pairs = plan_pings(endpoints)
+    crossing = {frozenset((a.name, b.name)) for a, b in pairs if a.node != b.node}
+    warmup = plan_warmup(pairs)
+    assert {frozenset((a.name, b.name)) for a, b in warmup} == crossing
+    assert all(a.node < b.node for a, b in warmup)
 
 
 def test_tcp_probes_go_from_every_pod_to_another_node() -> None:

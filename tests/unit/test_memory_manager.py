@@ -2,7 +2,7 @@
 
 import asyncio
 import random
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -70,3 +70,89 @@ async def test_complete_lease_raises_when_own_lease_is_revoked() -> None:
     manager.revoke_own()
     with pytest.raises(LeaseRevokedError):
         await asyncio.wait_for(task, 5)
+
+
+V6_ONLY = '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:51::/56"}'
+
+
+def v6_attrs(ip: str) -> LeaseAttrs:
+    return LeaseAttrs(public_ipv6=IPv6Address(ip))
+
+
+async def test_ipv6_only_nodes_sharing_one_store_get_distinct_subnets_and_keep_them() -> None:
+    manager = MemorySubnetManager(V6_ONLY, rng=random.Random(1))
+    ips = ("fd00:99::1", "fd00:99::2", "fd00:99::3")
+    first = [await manager.acquire_lease(v6_attrs(ip)) for ip in ips]
+    assert len({lease.ipv6_subnet for lease in first}) == 3
+    again = [await manager.acquire_lease(v6_attrs(ip)) for ip in ips]
+    assert [lease.ipv6_subnet for lease in again] == [lease.ipv6_subnet for lease in first]
+    assert len(manager.leases) == 3
+
+
+async def test_a_reserved_subnet_is_reused_by_its_node_and_stays_a_reservation() -> None:
+    reserved = Lease(subnet=IPv4Network("10.3.9.0/24"), attrs=attrs("1.2.3.4"), expiration=None)
+    manager = MemorySubnetManager(CONFIG, leases=[reserved])
+    lease = await manager.acquire_lease(LeaseAttrs(IPv4Address("1.2.3.4"), backend_type="udp"))
+    assert lease.subnet == IPv4Network("10.3.9.0/24")
+    assert lease.expiration is None
+    assert manager.leases[(lease.subnet, None)].attrs.backend_type == "udp"
+
+
+class RacingStore(MemorySubnetManager):
+    """Another node creates exactly the subnet we picked, just before our create."""
+
+    races = 0
+
+    async def create_lease(
+        self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None, attrs: LeaseAttrs
+    ) -> Lease:
+        if self.races < 2:
+            self.races += 1
+            self.add_peer(Lease(subnet=subnet, ipv6_subnet=ipv6_subnet, attrs=attrs_of_other))
+        return await super().create_lease(subnet, ipv6_subnet, attrs)
+
+
+attrs_of_other = LeaseAttrs(IPv4Address("9.9.9.9"))
+
+
+async def test_a_lost_create_race_retries_with_another_subnet_and_keeps_the_winners() -> None:
+    store = RacingStore(CONFIG, rng=random.Random(3), prev_subnet=IPv4Network("10.3.6.0/24"))
+    lease = await store.acquire_lease(attrs("1.2.3.4"))
+    assert store.races == 2
+    others = [k for k, v in store.leases.items() if v.attrs == attrs_of_other]
+    assert len(others) == 2
+    assert IPv4Network("10.3.6.0/24") in {subnet for subnet, _ in others}  # previous lost first
+    assert (lease.subnet, None) not in others
+
+
+DUAL = (
+    '{"Network":"10.5.0.0/22","EnableIPv6":true,"IPv6Network":"fd00:10:5::/56",'
+    '"Backend":{"Type":"vxlan"}}'
+)
+
+
+async def test_dual_stack_nodes_racing_for_one_ipv4_subnet_never_both_keep_it() -> None:
+    """A dual-stack key names both subnets, so create-if-absent cannot see another node taking the
+    same IPv4 subnet with another IPv6 subnet in between our list and our create (found in the
+    lab: two nodes on 10.5.89.0/24). The first creator keeps it; we retry elsewhere."""
+    manager = MemorySubnetManager(DUAL, rng=random.Random(1))
+    real_create = manager.create_lease
+    raced: list[IPv4Network] = []
+
+    async def create(
+        subnet: IPv4Network, ipv6_subnet: IPv6Network | None, attrs: LeaseAttrs
+    ) -> Lease:
+        if not raced:  # another node wins the same IPv4 subnet, with another IPv6 subnet, first
+            raced.append(subnet)
+            other = LeaseAttrs(public_ip=IPv4Address("192.168.100.99"))
+            await real_create(subnet, IPv6Network("fd00:10:5:ff::/64"), other)
+        return await real_create(subnet, ipv6_subnet, attrs)
+
+    manager.create_lease = create  # type: ignore[method-assign]
+    mine = await manager.acquire_lease(LeaseAttrs(public_ip=IPv4Address("192.168.100.11")))
+    assert raced and mine.subnet != raced[0]
+    for held in {lease.subnet for lease in manager.leases.values()}:
+        assert sum(lease.subnet == held for lease in manager.leases.values()) == 1
+    assert manager.leases[
+        (raced[0], IPv6Network("fd00:10:5:ff::/64"))
+    ].attrs.public_ip == IPv4Address("192.168.100.99")

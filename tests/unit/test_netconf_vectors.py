@@ -105,7 +105,10 @@ def test_check_errors_are_upstreams_texts(text: str, message: str) -> None:
     [
         ('{"Network":"2001:db8::/64"}', "invalid IPv4 CIDR format"),
         ('{"Network":"10.0.0.0/8","Backend":"vxlan"}', "error decoding Backend property of config"),
-        ('{"Network":"10.0.0.0/8","SubnetLen":-1}', "cannot unmarshal -1"),
+        (
+            '{"Network":"10.0.0.0/8","SubnetLen":-1}',
+            "cannot unmarshal number -1 into Go struct field Config.SubnetLen of type uint",
+        ),
         ('{"Network":"10.0.0.0/8","EnableIPv6":"yes"}', "EnableIPv6"),
         ('{"Network":"10.0.0.0"}', "invalid CIDR address"),
         ('{"Network":"10.0.0.0/8","SubnetMin":"fc00::"}', "SubnetMin"),

@@ -8,15 +8,18 @@ The reconciler replaces upstream's 10 s route-check loop with netlink-driven rep
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
-from flannel.backend.base import BackendContext
+from flannel.backend.base import BackendContext, kernel_for
+from flannel.backend.peers import PeerNetwork
 from flannel.dataplane.objects import KernelObject, Route
-from flannel.dataplane.peers import PeerNetwork
 from flannel.dataplane.plan import Scope
 from flannel.dataplane.reconciler import Reconciler
 from flannel.errors import BackendError
 from flannel.model.lease import Lease, LeaseAttrs
+
+if TYPE_CHECKING:
+    from flannel.dataplane.kernel import Kernel
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class HostGwBackend:
 
     backend_type = "host-gw"
 
-    def __init__(self, *, netns: str | None = None, kernel: Any = None) -> None:
+    def __init__(self, *, netns: str | None = None, kernel: Kernel | None = None) -> None:
         self.netns = netns
         self.kernel = kernel
 
@@ -55,10 +58,6 @@ class HostGwBackend:
         ext = ctx.ext_iface
         if ext.ext_addr != ext.iface_addr:
             raise BackendError(NAT_MESSAGE)
-        if self.kernel is None:
-            from flannel.dataplane.netlink import NetlinkKernel
-
-            self.kernel = NetlinkKernel(self.netns)
         attrs = LeaseAttrs(
             public_ip=ext.ext_addr if ext.ext_addr is not None else LeaseAttrs().public_ip,
             public_ipv6=ext.ext_v6_addr if ctx.config.enable_ipv6 else None,
@@ -66,12 +65,13 @@ class HostGwBackend:
         )
         lease = await ctx.subnet_manager.acquire_lease(attrs)
         networks = tuple(str(n) for n in (ctx.config.network, ctx.config.ipv6_network) if n)
-        reconciler = Reconciler(self.kernel, Scope(frozenset(), networks))
+        kernel, owned = kernel_for(ctx, self.kernel, self.netns)
+        reconciler = Reconciler(kernel, Scope(frozenset(), networks))
         enable_v6 = ctx.config.enable_ipv6
 
         def project(peer: Lease) -> list[KernelObject] | None:
             return peer_routes(peer, device=ext.name, enable_ipv6=enable_v6)
 
         return PeerNetwork(
-            lease=lease, mtu=ext.mtu, reconciler=reconciler, project=project, netns=self.netns
+            lease=lease, mtu=ext.mtu, reconciler=reconciler, project=project, owns_kernel=owned
         )

@@ -12,9 +12,14 @@ _BACKENDS: dict[str, str] = {
     "alloc": "flannel.backend.alloc:AllocBackend",
     "vxlan": "flannel.backend.vxlan:VxlanBackend",
     "host-gw": "flannel.backend.hostgw:HostGwBackend",
+    "udp": "flannel.backend.udp.backend:UdpBackend",
+    "wireguard": "flannel.backend.wireguard.backend:WireguardBackend",
+    "extension": "flannel.backend.extension.backend:ExtensionBackend",
+    "ipsec": "flannel.backend.ipsec.backend:IpsecBackend",
+    "ipip": "flannel.backend.ipip:IpipBackend",
 }
 # Upstream backends pyflannel does not ship yet: named so the error says so instead of "unknown".
-_NOT_YET = ("udp", "wireguard", "ipip", "ipsec", "extension", "tencent-vpc")
+_NOT_YET = ("tencent-vpc",)
 
 
 def known_backend_types() -> tuple[str, ...]:

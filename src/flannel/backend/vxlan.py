@@ -9,14 +9,14 @@ DirectRouting when P is on our underlay network. The reconciler does the rest.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flannel.backend.base import BackendContext
+from flannel.backend.base import BackendContext, kernel_for
+from flannel.backend.peers import PeerNetwork
 from flannel.dataplane.objects import (
     DEFAULT_VXLAN_PORT,
     Addr,
@@ -27,11 +27,16 @@ from flannel.dataplane.objects import (
     Route,
     VxlanParams,
 )
-from flannel.dataplane.peers import PeerNetwork
 from flannel.dataplane.plan import Scope, link_compatible
 from flannel.dataplane.reconciler import Reconciler
 from flannel.errors import BackendError
-from flannel.model.lease import Lease, LeaseAttrs
+from flannel.model import backendconf
+from flannel.model.backenddata import vxlan_data
+from flannel.model.iface import ExternalInterface, InterfaceInfo
+from flannel.model.lease import Lease, LeaseAttrs, LeaseFieldError
+
+if TYPE_CHECKING:
+    from flannel.dataplane.kernel import Kernel
 
 logger = logging.getLogger(__name__)
 
@@ -52,27 +57,19 @@ class VxlanConfig:
 
     @classmethod
     def decode(cls, raw: dict[str, Any]) -> VxlanConfig:
-        fields = {str(k).lower(): v for k, v in raw.items()}
-
-        def num(key: str, default: int) -> int:
-            value = fields.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BackendError(f"vxlan Backend.{key} must be a non-negative integer: {value!r}")
-            return value
-
-        def flag(key: str) -> bool:
-            value = fields.get(key, False)
-            if not isinstance(value, bool):
-                raise BackendError(f"vxlan Backend.{key} must be true or false: {value!r}")
-            return value
-
+        """Typed and range-checked fields (model.backendconf); errors name field, value, range."""
+        f = backendconf.fields_of(raw)
         return cls(
-            vni=num("vni", 1),
-            port=num("port", 0),
-            gbp=flag("gbp"),
-            learning=flag("learning"),
-            direct_routing=flag("directrouting"),
-            mtu=num("mtu", 0),
+            vni=backendconf.uint_field(
+                "vxlan", f, "VNI", 1, 0, backendconf.MAX_VNI, backendconf.VNI_HINT
+            ),
+            port=backendconf.uint_field(
+                "vxlan", f, "Port", 0, 0, backendconf.MAX_PORT, backendconf.VXLAN_PORT_HINT
+            ),
+            gbp=backendconf.bool_field("vxlan", f, "GBP"),
+            learning=backendconf.bool_field("vxlan", f, "Learning"),
+            direct_routing=backendconf.bool_field("vxlan", f, "DirectRouting"),
+            mtu=backendconf.mtu_field("vxlan", f, ENCAP_OVERHEAD, ipv6=False),
         )
 
 
@@ -98,16 +95,18 @@ def peer_objects(
     """PURE projection of a peer lease onto kernel objects; None when the lease is not vxlan."""
     if lease.attrs.backend_type != "vxlan":
         return None
+    try:  # the LeaseWatcher admitted only valid data; this is the backstop before the kernel
+        data, data6 = vxlan_data(lease), vxlan_data(lease, v6=True)
+    except LeaseFieldError as exc:
+        raise ValueError(str(exc)) from None
     out: list[KernelObject] = []
-    data = lease.attrs.backend_data_obj()
-    if lease.subnet is not None and isinstance(data, dict) and "VtepMAC" in data:
+    if device and lease.subnet is not None and data is not None:
         out += _family_objects(
-            lease.subnet, lease.attrs.public_ip, str(data["VtepMAC"]), device, direct_nets
+            lease.subnet, lease.attrs.public_ip, data.vtep_mac, device, direct_nets
         )
-    data6 = lease.attrs.backend_v6_data_obj()
     v6 = lease.attrs.public_ipv6
-    if device_v6 and lease.ipv6_subnet and v6 and isinstance(data6, dict) and "VtepMAC" in data6:
-        out += _family_objects(lease.ipv6_subnet, v6, str(data6["VtepMAC"]), device_v6, direct_nets)
+    if device_v6 and lease.ipv6_subnet and v6 and data6 is not None:
+        out += _family_objects(lease.ipv6_subnet, v6, data6.vtep_mac, device_v6, direct_nets)
     return out
 
 
@@ -131,20 +130,13 @@ def _family_objects(
 
 
 class VxlanBackend:
-    """Backend type ``vxlan``. ``netns`` lets tests run it inside a throwaway namespace."""
+    """Backend type ``vxlan``. ``netns``/``kernel`` let tests run it in a namespace or a fake."""
 
     backend_type = "vxlan"
 
-    def __init__(self, *, netns: str | None = None, kernel: Any = None) -> None:
+    def __init__(self, *, netns: str | None = None, kernel: Kernel | None = None) -> None:
         self.netns = netns
         self.kernel = kernel
-
-    def _kernel(self) -> Any:
-        if self.kernel is None:
-            from flannel.dataplane.netlink import NetlinkKernel
-
-            self.kernel = NetlinkKernel(self.netns)
-        return self.kernel
 
     async def register_network(self, ctx: BackendContext) -> PeerNetwork:
         cfg = VxlanConfig.decode(ctx.backend_config)
@@ -157,26 +149,37 @@ class VxlanBackend:
             cfg.direct_routing,
         )
         ext = ctx.ext_iface
-        mtu = (cfg.mtu or ext.mtu) - ENCAP_OVERHEAD
-        kernel = self._kernel()
-        actual = {o.key: o for o in await asyncio.to_thread(kernel.read_state)}
-        links: dict[str, Link] = {}
-        v4_mac = v6_mac = None
+        base, source = (cfg.mtu, "Backend.MTU") if cfg.mtu else (ext.mtu, f"the MTU of {ext.name}")
+        mtu = backendconf.device_mtu(
+            "vxlan", base=base, overhead=ENCAP_OVERHEAD, ipv6=False, source=source
+        )
+        kernel, owned = kernel_for(ctx, self.kernel, self.netns)
+        actual = {o.key: o for o in await kernel.read()}
+        wanted: list[Link] = []
         if ctx.config.enable_ipv6:
             if ext.ext_v6_addr is None:
                 raise BackendError(f"vxlan needs an IPv6 address on {ext.name} (IPv6 is enabled)")
             # The kernel refuses a v6 vxlan MTU above underlay MTU - 70 (IPv6 header is 20 bytes
             # longer), so the v6 device gets at most that; FLANNEL_MTU stays upstream's MTU - 50.
-            mtu6 = min(mtu, (cfg.mtu or ext.mtu) - ENCAP_OVERHEAD_V6)
+            mtu6 = backendconf.device_mtu(
+                "vxlan", base=base, overhead=ENCAP_OVERHEAD_V6, ipv6=True, source=source
+            )
             link = _desired_link(f"flannel-v6.{cfg.vni}", cfg, ext.ext_v6_addr, ext.index, mtu6)
-            link = await _ensure_link(kernel, link, actual.get(link.key), ctx.stored_macs[1])
-            links[link.name], v6_mac = link, link.mac
+            wanted.append(
+                await _reuse_or_new(kernel, link, actual.get(link.key), ctx.stored_macs[1])
+            )
         if ctx.config.enable_ipv4:
             if ext.ext_addr is None:
                 raise BackendError(f"vxlan needs an IPv4 address on {ext.name} (IPv4 is enabled)")
             link = _desired_link(f"flannel.{cfg.vni}", cfg, ext.ext_addr, ext.index, mtu)
-            link = await _ensure_link(kernel, link, actual.get(link.key), ctx.stored_macs[0])
-            links[link.name], v4_mac = link, link.mac
+            wanted.append(
+                await _reuse_or_new(kernel, link, actual.get(link.key), ctx.stored_macs[0])
+            )
+        networks = tuple(str(n) for n in (ctx.config.network, ctx.config.ipv6_network) if n)
+        links = {link.name: link for link in wanted}
+        reconciler = Reconciler(kernel, Scope(frozenset(links), networks))
+        macs = await _program_devices(reconciler, wanted)
+        v6_mac, v4_mac = macs.get(f"flannel-v6.{cfg.vni}"), macs.get(f"flannel.{cfg.vni}")
         attrs = LeaseAttrs(
             public_ip=ext.ext_addr or IPv4Address("0.0.0.0"),
             public_ipv6=ext.ext_v6_addr if ctx.config.enable_ipv6 else None,
@@ -185,17 +188,13 @@ class VxlanBackend:
             backend_v6_data=backend_data(cfg.vni, v6_mac) if v6_mac else None,
         )
         lease = await ctx.subnet_manager.acquire_lease(attrs)
-        own = _own_objects(lease, links, ctx)
-        for obj in own:
-            if not isinstance(obj, Link) and obj.key not in actual:
-                await asyncio.to_thread(kernel.apply, "create", obj)
-        networks = tuple(str(n) for n in (ctx.config.network, ctx.config.ipv6_network) if n)
-        reconciler = Reconciler(kernel, Scope(frozenset(links), networks))
-        reconciler.set_group("self", own)
+        reconciler.set_group("self", _own_objects(lease, links, ctx))
+        if not await reconciler.reconcile_once():
+            logger.warning(
+                "own addresses not programmed yet (retrying): %s", reconciler.metrics.last_error
+            )
         dev4, dev6 = f"flannel.{cfg.vni}", f"flannel-v6.{cfg.vni}"
-        direct = (
-            await asyncio.to_thread(_direct_nets, ext, self.netns) if cfg.direct_routing else ()
-        )
+        direct = _direct_nets(ext, await kernel.interfaces()) if cfg.direct_routing else ()
 
         def project(peer: Lease) -> list[KernelObject] | None:
             return peer_objects(
@@ -206,7 +205,12 @@ class VxlanBackend:
             )
 
         return PeerNetwork(
-            lease=lease, mtu=mtu, reconciler=reconciler, project=project, netns=self.netns
+            lease=lease,
+            mtu=mtu,
+            reconciler=reconciler,
+            project=project,
+            devices=tuple(links),
+            owns_kernel=owned,
         )
 
 
@@ -222,12 +226,15 @@ def _desired_link(name: str, cfg: VxlanConfig, local: Any, index: int, mtu: int)
     return Link(name=name, vxlan=params, mtu=mtu)
 
 
-async def _ensure_link(kernel: Any, want: Link, have: Any, stored_mac: str | None) -> Link:
-    """Reuse a compatible device (its MAC becomes VtepMAC), else (re)create it with a stable MAC."""
+async def _reuse_or_new(
+    kernel: Kernel, want: Link, have: KernelObject | None, stored_mac: str | None
+) -> Link:
+    """The device to declare: a compatible existing one as it is (its MAC stays the VtepMAC), else
+    a new one with the stored or a random MAC (the reconciler replaces an incompatible one)."""
     if isinstance(have, Link) and link_compatible(want, have) and have.mac:
         logger.info("reusing existing %s with MAC %s", want.name, have.mac)
         # A created device gets this from the kernel adapter on create.
-        await asyncio.to_thread(kernel.disable_ipv6_router_advertisements, want.name)
+        await kernel.disable_router_advertisements(want.name)
         return Link(name=want.name, vxlan=want.vxlan, mtu=have.mtu, mac=have.mac)
     if have is not None:
         logger.warning(
@@ -235,15 +242,26 @@ async def _ensure_link(kernel: Any, want: Link, have: Any, stored_mac: str | Non
             want.name,
             have,
         )
-        await asyncio.to_thread(kernel.apply, "delete", have)
-    link = Link(name=want.name, vxlan=want.vxlan, mtu=want.mtu, mac=stored_mac or random_mac())
-    await asyncio.to_thread(kernel.apply, "create", link)
-    # Peers will be told this MAC: make sure the kernel really took it (upstream checks too).
-    now = {o.key: o for o in await asyncio.to_thread(kernel.read_state)}.get(link.key)
-    got = now.mac if isinstance(now, Link) else None
-    if got != link.mac:
-        raise BackendError(f"{link.name}'s mac address wanted: {link.mac}, but got: {got}")
-    return link
+    return Link(name=want.name, vxlan=want.vxlan, mtu=want.mtu, mac=stored_mac or random_mac())
+
+
+async def _program_devices(reconciler: Reconciler, links: list[Link]) -> dict[str, str | None]:
+    """Have the reconciler create the devices now (the lease must carry their MACs), then read
+    them back: peers will be told these MACs, so the kernel must really have taken them."""
+    reconciler.set_group("self", links)
+    if not await reconciler.reconcile_once():
+        raise BackendError(
+            f"cannot set up {', '.join(link.name for link in links)}: {reconciler.metrics.last_error}"
+        )
+    await reconciler.reconcile_once(full=True)
+    macs: dict[str, str | None] = {}
+    for link in links:
+        now = reconciler.actual(link.key)
+        got = now.mac if isinstance(now, Link) else None
+        if link.mac and got != link.mac:
+            raise BackendError(f"{link.name}'s mac address wanted: {link.mac}, but got: {got}")
+        macs[link.name] = got
+    return macs
 
 
 def _own_objects(lease: Lease, links: dict[str, Link], ctx: BackendContext) -> list[KernelObject]:
@@ -264,12 +282,12 @@ def _own_objects(lease: Lease, links: dict[str, Link], ctx: BackendContext) -> l
     return out
 
 
-def _direct_nets(ext: Any, netns: str | None) -> tuple[IPv4Network | IPv6Network, ...]:
+def _direct_nets(
+    ext: ExternalInterface, interfaces: list[InterfaceInfo]
+) -> tuple[IPv4Network | IPv6Network, ...]:
     """Underlay networks directly connected on the external interface (for DirectRouting)."""
-    from flannel.dataplane.netlink import list_interfaces
-
     nets: list[IPv4Network | IPv6Network] = []
-    for info in list_interfaces(netns):
+    for info in interfaces:
         if info.index == ext.index:
             for a in info.addresses:
                 if not a.address.is_link_local:

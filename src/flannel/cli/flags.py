@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from flannel.daemon.settings import Settings
+from flannel.cli.flagcheck import check_values, go_parse_int
 from flannel.errors import FlagError
+from flannel.model.settings import Settings
 
 FlagKind = Literal["str", "int", "bool", "list", "csv"]
 
@@ -132,6 +133,19 @@ FLAGS: tuple[FlagSpec, ...] = (
         "healthz-port", "healthz_port", "int", "the port for healthz server to listen(0 to disable)"
     ),
     FlagSpec(
+        "healthz-stall-seconds",
+        "healthz_stall_seconds",
+        "int",
+        "pyflannel: /healthz fails after this many seconds without reconcile or watch progress",
+    ),
+    FlagSpec(
+        "probe-interval",
+        "probe_interval",
+        "int",
+        "pyflannel: seconds between ICMP probes of every peer's overlay address, RTT and loss on"
+        " /metrics (0 to disable)",
+    ),
+    FlagSpec(
         "iptables-resync", "iptables_resync", "int", "resync period for iptables rules, in seconds"
     ),
     FlagSpec(
@@ -171,6 +185,7 @@ FLAGS: tuple[FlagSpec, ...] = (
     ),
 )
 _BY_NAME = {spec.name: spec for spec in FLAGS}
+_FIELDS = {spec.name: spec.field for spec in FLAGS}
 
 
 @dataclass(frozen=True)
@@ -196,31 +211,19 @@ def _convert(spec: FlagSpec, text: str) -> object:
         return parse_bool(text, spec.name)
     if spec.kind == "int":
         try:
-            return int(text, 10)
-        except ValueError:
+            # Go's flag ints are ParseInt(s, 0, 64); klog's -v is ParseInt(s, 10, 32).
+            return go_parse_int(text, 32, 10) if spec.name == "v" else go_parse_int(text)
+        except ValueError as exc:
             raise FlagError(
-                f'invalid value "{text}" for flag -{spec.name}: parse error (expected an integer)'
+                f'invalid value "{text}" for flag -{spec.name}: {exc} (expected an integer)'
             ) from None
     if spec.kind == "csv":
         return tuple(part for part in text.split(","))
     return text
 
 
-def _validate(settings: Settings) -> None:
-    """Checks upstream does at start, done at parse time so the message names the flag."""
-    if not 0 < settings.subnet_lease_renew_margin < 1440:
-        raise FlagError(
-            "invalid value for flag -subnet-lease-renew-margin: "
-            f"{settings.subnet_lease_renew_margin} is out of the acceptable range 1..1439 (minutes)"
-        )
-    if not 0 <= settings.healthz_port <= 65535:
-        raise FlagError(f"invalid value for flag -healthz-port: {settings.healthz_port} (0..65535)")
-    if settings.iptables_resync <= 0:
-        raise FlagError(
-            f"invalid value for flag -iptables-resync: {settings.iptables_resync} (must be > 0 s)"
-        )
-    if settings.log_format not in ("text", "json"):
-        raise FlagError(f'invalid value "{settings.log_format}" for flag -log-format: text or json')
+def _env_name(spec: FlagSpec) -> str:
+    return "FLANNELD_" + spec.name.upper().replace("-", "_")
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> ParsedArgs:
@@ -260,7 +263,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> ParsedArgs:
     for spec in FLAGS:
         if spec.name in seen:
             continue
-        env_name = "FLANNELD_" + spec.name.upper().replace("-", "_")
+        env_name = _env_name(spec)
         raw = env.get(env_name, "")
         if not raw:
             continue
@@ -275,7 +278,13 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> ParsedArgs:
         values[field] = tuple(items)
     settings = dataclasses.replace(Settings(), **values)  # type: ignore[arg-type]
     if not (version or want_help):
-        _validate(settings)
+
+        def where(name: str) -> str:
+            if name in seen or name not in _BY_NAME:
+                return f"flag -{name}"
+            return f"environment variable {_env_name(_BY_NAME[name])} (flag -{name})"
+
+        check_values(settings, where, _FIELDS)
     return ParsedArgs(settings=settings, version=version, help=want_help)
 
 

@@ -17,6 +17,9 @@ from flannel import __version__
 # module path → it provides register(subparsers); missing modules are skipped with a note.
 _SUBCOMMAND_MODULES = (
     "flannel.cli.status",
+    "flannel.cli.doctor",
+    "flannel.cli.reset",
+    "flannel.cli.perf",
     "flannel.lab.cli",
     "flannel.cni.install",
 )
@@ -26,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full flannelctl parser."""
     parser = argparse.ArgumentParser(
         prog="flannelctl",
-        description="Operate pyflannel: status, leases, config, lab, install-cni.",
+        description="Operate pyflannel: status, leases, doctor, reset, perf, lab, install-cni.",
     )
     parser.add_argument("--version", action="version", version=f"flannelctl {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")

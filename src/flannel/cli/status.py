@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flannel.daemon.settings import Settings
-from flannel.errors import ConfigError, DatastoreError, FlannelError
+from flannel.errors import ConfigError, DatastoreError, FlannelError, KernelError
 from flannel.model.config import NetworkConfig
 from flannel.model.lease import EventType, Lease, LeaseAttrs
+from flannel.model.settings import Settings
 
 SNAPSHOT_TIMEOUT = 5.0
 logger = logging.getLogger(__name__)
@@ -294,6 +294,28 @@ def _cmd_leases(args: argparse.Namespace) -> int:
     return _show(args, with_config=False)
 
 
+def _local_wireguard_peers(now: datetime) -> list[Any]:
+    """This node's WireGuard peers when flannel runs WireGuard here (else nothing to show)."""
+    from flannel.cli.wgstatus import read_local, rows_of
+
+    try:
+        return rows_of(read_local(), now.timestamp())
+    except (KernelError, OSError) as exc:
+        logger.warning("cannot read the local WireGuard devices: %s", exc)
+        return []
+
+
+def _local_ipsec_peers() -> list[Any]:
+    """This node's per-peer IPsec SA state when flannel runs charon here (else nothing)."""
+    from flannel.backend.ipsec.status import read_local
+
+    try:
+        return read_local()
+    except (KernelError, OSError) as exc:
+        logger.warning("cannot ask the local charon: %s", exc)
+        return []
+
+
 def _show(args: argparse.Namespace, *, with_config: bool) -> int:
     try:
         config, views = _collect(args)
@@ -302,13 +324,27 @@ def _show(args: argparse.Namespace, *, with_config: bool) -> int:
         return 1
     views.sort(key=lambda v: (v.subnet or "", v.ipv6_subnet or "", v.node))
     now = datetime.now(UTC)
+    peers = _local_wireguard_peers(now) if with_config else []
+    ipsec = _local_ipsec_peers() if with_config else []
     if args.output == "json":
         obj: dict[str, Any] = {"leases": [v.to_json(now) for v in views]}
         if with_config:
             obj = {"network": config, **obj}
+            if peers:
+                obj["wireguard_peers"] = [p.to_json() for p in peers]
+            if ipsec:
+                obj["ipsec_peers"] = [p.to_json() for p in ipsec]
         print(json.dumps(obj, indent=2))
     elif with_config:
         print(render_status(config, views, now))
+        if peers:
+            from flannel.cli.wgstatus import render_peers
+
+            print("\n" + render_peers(peers))
+        if ipsec:
+            from flannel.backend.ipsec.status import render
+
+            print("\n" + render(ipsec))
     else:
         print(render_table(views, now))
     return 0

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _WHITESPACE = " \t\n\r"
+_TOO_DEEP = "JSON nested too deeply (a CNI network config needs only a few levels)"
 
 
 class DecodeError(ValueError):
@@ -31,7 +32,12 @@ class _Context:
 
     @staticmethod
     def parse_constant(name: str) -> float:
-        return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
+        return _reject_constant(name)
+
+
+def _reject_constant(name: str) -> float:
+    """Go's JSON (what runtimes write) has no NaN/Infinity; ``json.loads`` would accept them."""
+    raise DecodeError(f"invalid character {name[0]!r} looking for beginning of value ({name})")
 
 
 _scan = _json.make_scanner(_Context())  # type: ignore[arg-type]  # duck-typed decoder
@@ -45,7 +51,10 @@ def _position(text: str, index: int) -> str:
 
 def loads(data: bytes | str) -> Any:
     """``json.loads`` for one document (raises DecodeError, a ValueError)."""
-    text = data.decode("utf-8", errors="surrogatepass") if isinstance(data, bytes) else data
+    try:
+        text = data.decode("utf-8", errors="surrogatepass") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"invalid UTF-8 at byte {exc.start} of the input") from None
     if text.startswith("\ufeff"):
         raise DecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)")
     start = len(text) - len(text.lstrip(_WHITESPACE))
@@ -53,6 +62,10 @@ def loads(data: bytes | str) -> Any:
         value, end = _scan(text, start)
     except StopIteration as stop:
         raise DecodeError(f"Expecting value: {_position(text, stop.value)}") from None
+    except RecursionError:
+        raise DecodeError(_TOO_DEEP) from None
+    except DecodeError:
+        raise
     except Exception:
         return _slow_loads(text)
     trailing = end + (len(text[end:]) - len(text[end:].lstrip(_WHITESPACE)))
@@ -66,7 +79,9 @@ def _slow_loads(text: str) -> Any:
     import json
 
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise DecodeError(_TOO_DEEP) from None
     except ValueError as exc:
         raise DecodeError(str(exc)) from None
 
@@ -91,8 +106,12 @@ def _unencodable(value: object) -> object:
 
 
 def dumps(value: Any, *, sort_keys: bool = False, ascii_only: bool = False) -> str:
-    """Compact ``json.dumps(value, separators=(",", ":"))``."""
-    return "".join(_compact_encoder(sort_keys, ascii_only)(value, 0))
+    """Compact ``json.dumps(value, separators=(",", ":"))``; a value nested too deeply to encode
+    raises ValueError, like any other value that cannot be encoded."""
+    try:
+        return "".join(_compact_encoder(sort_keys, ascii_only)(value, 0))
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
 
 
 def dumps_indent(value: Any, *, indent: int = 4, sort_keys: bool = False) -> str:

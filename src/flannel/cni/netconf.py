@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
 _ROUTE_KEYS = ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
+_ROUTE_INTS = ("mtu", "advmss", "priority", "table", "scope")
 
 
 class NetConf:
@@ -115,7 +116,24 @@ def _route(entry: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in _ROUTE_KEYS:
         value = entry.get(key)
-        if value in (None, "", 0):
+        if (
+            key in _ROUTE_INTS
+            and value is not None
+            and (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not -(2**63) <= value < 2**63
+            )
+        ):
+            kind = (
+                "number"
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else ({bool: "bool", str: "string", list: "array"}.get(type(value), "object"))
+            )
+            raise ValueError(
+                f"json: cannot unmarshal {kind} into Go struct field Route.{key} of type int"
+            )
+        if value is None or (not isinstance(value, bool) and value in ("", 0)):
             continue
         if key == "dst":
             if not isinstance(value, str):

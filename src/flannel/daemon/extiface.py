@@ -9,11 +9,11 @@ import asyncio
 import logging
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from flannel.daemon.settings import Settings
 from flannel.errors import InterfaceError
 from flannel.model import ifaceselect
 from flannel.model.iface import ExternalInterface, InterfaceInfo
 from flannel.model.ifaceselect import Stack
+from flannel.model.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -17,26 +17,38 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flannel.backend.base import BackendContext, Network
 from flannel.backend.registry import get_backend
-from flannel.daemon import subnetfile
+from flannel.daemon import addrwatch, readiness, subnetfile
 from flannel.daemon.extiface import select_external_interface
 from flannel.daemon.health import HealthServer, HealthState
 from flannel.daemon.memory import trim_loop
-from flannel.daemon.notify import sd_notify
-from flannel.daemon.settings import Settings
 from flannel.daemon.startup import create_subnet_manager, fetch_network_config, ip_stack
-from flannel.daemon.supervise import RuleKeeper, blackhole_loop, start_traffic, supervise
+from flannel.daemon.supervise import (
+    RuleKeeper,
+    blackhole_loop,
+    retry_delays,
+    start_traffic,
+    supervise,
+    write_subnet_file_job,
+)
 from flannel.errors import FlannelError, LeaseRevokedError
 from flannel.model import subnetenv
 from flannel.model.config import NetworkConfig
 from flannel.model.iface import ExternalInterface
 from flannel.model.ifaceselect import Stack
 from flannel.model.lease import Lease
-from flannel.subnet.base import SubnetManager
+from flannel.model.settings import Settings
+from flannel.subnet.base import NodeValueStore, SubnetManager
+from flannel.tasks import Job
+
+if TYPE_CHECKING:
+    from flannel.dataplane.kernel import Kernel
 
 logger = logging.getLogger(__name__)
+NONE: tuple[None, None] = (None, None)  # no per-node values stored (etcd, memory)
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,12 @@ class DaemonDeps:
         [Settings, NetworkConfig, Lease, subnetenv.PreviousSubnets], Awaitable[RuleKeeper | None]
     ] = start_traffic
     check_br_netfilter: bool = True
+    kernel: Callable[[], Kernel] | None = None
+    """The kernel port for the backend (None: the backend opens the real netlink kernel). Wiring
+    tests inject a RecordingKernel and run the real vxlan/host-gw backends without root."""
+    watch_underlay: Callable[[ExternalInterface], Job] | None = None
+    """The job that raises UnderlayChangedError when the external address changes (None: the
+    netlink address watch, unless a kernel is injected: a fake kernel has no addresses to watch)."""
 
 
 class _Exit(Exception):
@@ -75,6 +93,7 @@ async def run_daemon(
 ) -> int:
     """Run flanneld until a signal or a fatal error; return the process exit code."""
     health = health or HealthState()
+    health.stall_seconds = settings.healthz_stall_seconds
     serve = asyncio.create_task(
         _serve(settings, env, health, deps or DaemonDeps()), name="flanneld"
     )
@@ -126,30 +145,97 @@ async def _serve(
         raise _Exit(1, f"Failed to create SubnetManager: {exc}") from exc
     logger.info("Created subnet manager: %s", manager.name)
     network: Network | None = None
+    kernel = deps.kernel() if deps.kernel is not None else None
     try:
+        health.set_not_ready("waiting for the network config from the datastore")
         config = await fetch_network_config(manager)
-        network = await _register(settings, config, manager, deps)
-        await _run_registered(settings, config, manager, network, previous, health, deps)
-        return 0
+        health.set_not_ready("registering the backend and acquiring our subnet lease")
+        network, ext = await _register(settings, config, manager, deps, kernel)
+        while True:
+            try:
+                await _run_registered(
+                    settings, config, manager, network, previous, health, deps, ext
+                )
+                return 0
+            except addrwatch.UnderlayChangedError as change:  # re-register under the new address
+                health.set_not_ready(f"re-registering: {change}")
+                old, network = network, None
+                await _release(old, None, None)
+                await _await_usable_interface(settings, config, deps)
+                await addrwatch.forget_own_lease(manager, old.lease, change)
+                network, ext = await _register(settings, config, manager, deps, kernel)
     finally:
         logger.info("Waiting for all goroutines to exit")
-        if network is not None:
-            with contextlib.suppress(Exception):
-                await network.close()
-        with contextlib.suppress(Exception):
-            await manager.close()
+        await _release(network, manager, kernel)
+
+
+REREGISTER_PATIENCE_S = 300.0
+"""How long a re-registration after an underlay change waits for a usable address."""
+
+
+async def _await_usable_interface(
+    settings: Settings, config: NetworkConfig, deps: DaemonDeps
+) -> None:
+    """After the underlay address changed, wait (with backoff) until an interface is usable again.
+
+    The old address may go before the new one comes (a DHCP lease replaced, an operator moving
+    addresses by hand). Exiting then would only restart into the same wait, and deleting our old
+    lease or acquiring a new one cannot reach the datastore without an address anyway. The data
+    path stays programmed meanwhile; after REREGISTER_PATIENCE_S without an address we give up.
+    """
+    stack = ip_stack(config)
+    waited = 0.0
+    for delay in retry_delays(0.5, 10.0):
+        try:
+            await deps.select_interface(settings, stack)
+            return
+        except FlannelError as exc:
+            if waited >= REREGISTER_PATIENCE_S:
+                raise _Exit(1, f"Failed to find any valid interface to use: {exc}") from exc
+            logger.warning("no usable underlay address yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+
+
+def _underlay_job(deps: DaemonDeps, ext: ExternalInterface) -> Job | None:
+    if deps.watch_underlay is not None:
+        return deps.watch_underlay(ext)
+    return addrwatch.watch_underlay(ext) if deps.kernel is None else None
+
+
+async def _release(
+    network: Network | None, manager: SubnetManager | None, kernel: Kernel | None
+) -> None:
+    """Close what the daemon opened; a failure to close is logged, never hides the exit reason."""
+    closers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    if network is not None:
+        closers.append(("network", network.close))
+    if kernel is not None:
+        closers.append(("kernel", kernel.aclose))
+    if manager is not None:
+        closers.append(("subnet manager", manager.close))
+    for what, close in closers:
+        try:
+            await close()
+        except (FlannelError, OSError, RuntimeError) as exc:
+            logger.warning("closing the %s failed: %s", what, exc)
 
 
 async def _register(
-    settings: Settings, config: NetworkConfig, manager: SubnetManager, deps: DaemonDeps
-) -> Network:
+    settings: Settings,
+    config: NetworkConfig,
+    manager: SubnetManager,
+    deps: DaemonDeps,
+    kernel: Kernel | None,
+) -> tuple[Network, ExternalInterface]:
     try:
         stack = ip_stack(config)
     except FlannelError as exc:
         raise _Exit(1, str(exc)) from exc
     if deps.check_br_netfilter and not config.enable_nftables:
         _check_br_netfilter(config)
-    stored_v4, stored_v6 = await manager.get_stored_public_ips()
+    node_values = manager if isinstance(manager, NodeValueStore) else None
+    stored_v4, stored_v6 = await node_values.get_stored_public_ips() if node_values else NONE
     if stored_v4 or stored_v6:
         settings = dataclasses.replace(
             settings,
@@ -169,29 +255,13 @@ async def _register(
         backend_config=dict(config.backend or {}),
         ext_iface=ext,
         subnet_manager=manager,
-        stored_macs=await manager.get_stored_mac_addresses(),
+        stored_macs=await node_values.get_stored_mac_addresses() if node_values else NONE,
+        kernel=kernel,
     )
     try:
-        return await backend.register_network(ctx)
+        return await backend.register_network(ctx), ext
     except FlannelError as exc:
         raise _Exit(1, f"Error registering network: {exc}") from exc
-
-
-def _register_metrics(health: HealthState, network: Network, lease: Lease) -> None:
-    """Expose the data path's reconciler counters and the lease on /metrics."""
-    if lease.expiration is not None:
-        expiry = lease.expiration.timestamp()
-        health.metrics["flannel_lease_expiration_timestamp_seconds"] = lambda: expiry
-    reconciler = getattr(network, "reconciler", None)
-    metrics = getattr(reconciler, "metrics", None)
-    if metrics is None:
-        return
-
-    def counter(name: str) -> Callable[[], float]:
-        return lambda: float(getattr(metrics, name))
-
-    for name in ("passes", "operations", "failures", "drift_repairs", "pruned"):
-        health.metrics[f"flannel_dataplane_{name}_total"] = counter(name)
 
 
 def _check_br_netfilter(config: NetworkConfig) -> None:
@@ -218,9 +288,11 @@ async def _run_registered(
     previous: subnetenv.PreviousSubnets,
     health: HealthState,
     deps: DaemonDeps,
+    ext: ExternalInterface | None = None,
 ) -> None:
     lease = network.lease
-    _register_metrics(health, network, lease)
+    readiness.register(health, manager, network, lease)
+    health.set_not_ready("installing traffic rules")
     try:
         keeper = await deps.start_traffic(settings, config, lease, previous)
     except FlannelError as exc:
@@ -233,29 +305,31 @@ async def _run_registered(
         mtu=network.mtu,
         ip_masq=settings.ip_masq,
     )
-    try:
-        subnetfile.write_subnet_file(settings.subnet_file, content)
-        logger.info("Wrote subnet file to %s", settings.subnet_file)
-        health.set_ready()
-        logger.info("flannel is ready")
-    except OSError as exc:
-        logger.warning("Failed to write subnet file: %s", exc)
-        health.set_not_ready(f"cannot write {settings.subnet_file}: {exc.strerror}")
     logger.info("Running backend.")
-    jobs: dict[str, Awaitable[None]] = {
-        "backend": network.run(manager.watch_leases(lease)),
-        "lease-keeper": manager.complete_lease(lease),
-    }
+    jobs: dict[str, Job] = dict(network.jobs(manager.watch_leases(lease)))
+    if settings.probe_interval > 0:  # the peer pinger, loaded only when it is on
+        from flannel.daemon.pinger import probe_job
+
+        jobs["peer-probe"] = probe_job(settings.probe_interval, health)
+    jobs["lease-keeper"] = manager.complete_lease(lease)
+    jobs["subnet-file"] = write_subnet_file_job(settings.subnet_file, content, health)
     if keeper is not None:
         jobs["traffic-resync"] = keeper.run()
     jobs["memory-trim"] = trim_loop()
     if settings.ip_blackhole_route:
         jobs["blackhole-route"] = blackhole_loop(settings, config, lease)
-    sd_notify("READY=1")
+    underlay = None if ext is None else _underlay_job(deps, ext)
+    if underlay is not None:
+        jobs["underlay-address"] = underlay
     try:
-        await supervise(jobs, finishing_ok={"lease-keeper"})
+        await supervise(jobs, finishing_ok={"lease-keeper", "subnet-file"})
     except LeaseRevokedError:
+        # Exit 0 and leave the kernel exactly as it is: peers' routes keep working until the
+        # node is restarted (pending peer removals are dropped, nothing is pruned on the way out).
+        health.set_not_ready("own lease was revoked")
         logger.info("Lease has been revoked. Shutting down daemon.")
+    except addrwatch.UnderlayChangedError:
+        raise  # _serve re-registers
     except FlannelError as exc:
         health.set_not_ready(str(exc))
         raise _Exit(1, str(exc)) from exc

@@ -6,11 +6,11 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from flannel.daemon.settings import Settings
 from flannel.errors import ConfigError, DatastoreError, FlannelError
 from flannel.model import subnetenv
 from flannel.model.config import NetworkConfig
 from flannel.model.ifaceselect import Stack
+from flannel.model.settings import Settings
 from flannel.subnet.base import SubnetManager
 
 logger = logging.getLogger(__name__)

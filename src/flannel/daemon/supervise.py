@@ -1,17 +1,27 @@
-"""Supervised long-running tasks of the daemon: peer events, rule resync, blackhole routes."""
+"""The daemon's own long-running jobs (rule resync, blackhole routes, the subnet.env writer).
+
+They run in the daemon's one supervisor (``flannel.tasks.supervise``, re-exported here) together
+with the backend's jobs and the lease keeper.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Protocol
 
-from flannel.daemon.settings import Settings
-from flannel.errors import FlannelError, KernelError
+from flannel.daemon import subnetfile
+from flannel.daemon.health import HealthState
+from flannel.daemon.notify import sd_notify
+from flannel.errors import KernelError
 from flannel.model.config import NetworkConfig
 from flannel.model.lease import Lease
+from flannel.tasks import supervise
+
+__all__ = ["RuleKeeper", "blackhole_loop", "start_traffic", "supervise", "write_subnet_file_job"]
+from flannel.model.settings import Settings
 
 if TYPE_CHECKING:
     from flannel.model import subnetenv
@@ -27,35 +37,44 @@ class RuleKeeper(Protocol):
         ...
 
 
-async def supervise(jobs: Mapping[str, Awaitable[None]], finishing_ok: Collection[str]) -> None:
-    """Run named jobs; the first failure cancels the rest and is raised (logged when it happens).
+WRITE_RETRY_BASE_SECONDS = 0.5
+WRITE_RETRY_MAX_SECONDS = 30.0
 
-    A job in ``finishing_ok`` may return (kube's complete_lease does); any other job returning means
-    a loop that should run forever stopped, which is a failure too.
-    """
-    tasks = {asyncio.ensure_future(job): name for name, job in jobs.items()}
-    for task, name in tasks.items():
-        task.set_name(name)
-    pending = set(tasks)
-    try:
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                name = tasks[task]
-                exc = task.exception()
-                if exc is not None:
-                    if not isinstance(exc, FlannelError):
-                        logger.error("task %s failed", name, exc_info=exc)
-                        raise FlannelError(f"task {name} failed: {exc!r}") from exc
-                    raise exc
-                if name not in finishing_ok:
-                    raise FlannelError(f"task {name} stopped unexpectedly")
-                logger.debug("task %s finished", name)
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+
+def retry_delays(
+    base: float = WRITE_RETRY_BASE_SECONDS, cap: float = WRITE_RETRY_MAX_SECONDS
+) -> Iterator[float]:
+    """Exponential backoff: base, 2*base, 4*base ... capped (pure; unit-tested without sleeping)."""
+    delay = base
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
+
+
+async def write_subnet_file_job(
+    path: str,
+    content: str,
+    health: HealthState,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Write subnet.env until it succeeds (a full disk gets freed; a read-only mount remounted),
+    then mark the daemon ready and notify systemd. /readyz names the failure meanwhile."""
+    delays = retry_delays(WRITE_RETRY_BASE_SECONDS, WRITE_RETRY_MAX_SECONDS)
+    while True:
+        try:
+            subnetfile.write_subnet_file(path, content)
+        except OSError as exc:
+            delay = next(delays)
+            logger.warning("Failed to write subnet file %s: %s (retry in %.1fs)", path, exc, delay)
+            health.set_not_ready(f"cannot write {path}: {exc.strerror or exc}")
+            await sleep(delay)
+            continue
+        logger.info("Wrote subnet file to %s", path)
+        health.set_ready()
+        sd_notify("READY=1")
+        logger.info("flannel is ready")
+        return
 
 
 async def start_traffic(

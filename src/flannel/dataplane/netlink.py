@@ -6,22 +6,28 @@ reads are decoded in ``readback``; the wire framing is in ``rtnl``. One ``Netlin
 socket per namespace, used from its own worker thread so a whole reconcile pass runs there without
 thread hops. Every failure is translated here, once, into ``flannel.errors.KernelError`` naming the
 object, the errno and, when the kernel gave one, its extended-ack message.
+
+``NetlinkKernel`` implements the ``kernel.Kernel`` port. Object kinds other than the built-in five
+(XFRM policies, wireguard peers) plug in as a ``KindAdapter``: it reads its kind in the namespace and
+applies one operation; the kernel dispatches to it by type, on the same worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno as errno_mod
 import logging
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from flannel.dataplane import readback, rtnl
+from flannel.dataplane import events, readback, rtnl
 from flannel.dataplane.objects import (
     Addr,
     Fdb,
@@ -31,6 +37,7 @@ from flannel.dataplane.objects import (
     Route,
     describe,
 )
+from flannel.dataplane.plan import Operation
 from flannel.dataplane.uapi import (
     AF_BRIDGE,
     IFA_ADDRESS,
@@ -42,6 +49,10 @@ from flannel.dataplane.uapi import (
     IFLA_IFNAME,
     IFLA_INFO_DATA,
     IFLA_INFO_KIND,
+    IFLA_IPTUN_LOCAL,
+    IFLA_IPTUN_PMTUDISC,
+    IFLA_IPTUN_REMOTE,
+    IFLA_IPTUN_TTL,
     IFLA_LINKINFO,
     IFLA_MTU,
     IFLA_VXLAN_GBP,
@@ -184,6 +195,27 @@ def ensure_blackhole_route(net: IPv4Network | IPv6Network) -> None:
 _worker_flag = threading.local()
 
 
+def _read_extension(
+    ext: KindAdapter, netns: str | None, _sock: socket.socket
+) -> list[KernelObject]:
+    return ext.read(netns)
+
+
+class KindAdapter(Protocol):
+    """Reads and writes one extra kind of kernel object (e.g. XFRM policies) for NetlinkKernel.
+
+    Both methods run on the kernel's worker thread; ``netns`` is the kernel's namespace. ``read``
+    returns only flannel's own objects of the kind (so a ``Scope.owned_kinds`` entry is safe);
+    ``apply`` raises KernelError naming the object.
+    """
+
+    kinds: tuple[type, ...]
+
+    def read(self, netns: str | None) -> list[KernelObject]: ...
+
+    def apply(self, netns: str | None, action: str, obj: KernelObject) -> None: ...
+
+
 class NetlinkKernel:
     """Reads and writes flannel's kernel objects in one namespace (``netns`` None = current).
 
@@ -193,9 +225,11 @@ class NetlinkKernel:
     not from a thread running an event loop that they would block.
     """
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, *, extensions: Iterable[KindAdapter] = ()) -> None:
         self.netns = netns
+        self._extensions = {kind: ext for ext in extensions for kind in ext.kinds}
         self._sock: socket.socket | None = None
+        self._ports: frozenset[int] = frozenset()  # our request socket's netlink port id
         self._indexes: dict[str, int] = {}  # name -> ifindex, refreshed by every read_state
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
 
@@ -203,6 +237,7 @@ class NetlinkKernel:
         def call() -> T:
             if self._sock is None:
                 self._sock = _open(self.netns)
+                self._ports = frozenset({self._sock.getsockname()[0]})
             return fn(self._sock)
 
         if getattr(_worker_flag, "owner", None) is self:
@@ -231,6 +266,10 @@ class NetlinkKernel:
         """Close the socket and stop the worker thread (call at shutdown)."""
         self._worker.submit(self._drop).result()
         self._worker.shutdown()
+
+    async def aclose(self) -> None:
+        """``close`` off the event loop (it joins the worker thread)."""
+        await asyncio.to_thread(self.close)
 
     def _index(self, sock: socket.socket, name: str) -> int:
         if name not in self._indexes:
@@ -265,8 +304,54 @@ class NetlinkKernel:
             logger.info("leaving %s as it is: %s", path, exc)
 
     def read_state(self) -> list[KernelObject]:
-        """Every link and address, permanent neighbours/FDB entries and main-table routes."""
-        return self._on_worker(self._read_state)
+        """Every link and address, permanent neighbours/FDB entries and main-table routes (and
+        the objects of every extension kind)."""
+        objects = self._on_worker(self._read_state)
+        for ext in dict.fromkeys(self._extensions.values()):
+            objects += self._on_worker(partial(_read_extension, ext, self.netns))
+        return objects
+
+    # ---------------------------------------------------------------- the Kernel port (async)
+    async def _submit(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self._worker.submit(self._as_owner, fn))
+
+    def _as_owner(self, fn: Callable[[], T]) -> T:
+        _worker_flag.owner = self
+        try:
+            return fn()
+        finally:
+            _worker_flag.owner = None
+
+    async def read(self) -> list[KernelObject]:
+        return await self._submit(self.read_state)
+
+    async def execute(self, ops: Sequence[Operation]) -> list[KernelError | None]:
+        """All of ``ops`` in one hop to the worker thread (planning stays on the event loop)."""
+
+        def run() -> list[KernelError | None]:
+            results: list[KernelError | None] = []
+            for op in ops:
+                try:
+                    self.apply(op.action, op.obj)
+                except KernelError as exc:
+                    results.append(exc)
+                else:
+                    results.append(None)
+            return results
+
+        return await self._submit(run)
+
+    def changes(self) -> AsyncIterator[None]:
+        return events.netlink_changes(self.netns, self._own_ports)
+
+    def _own_ports(self) -> frozenset[int]:
+        return self._ports
+
+    async def interfaces(self) -> list[InterfaceInfo]:
+        return await asyncio.to_thread(list_interfaces, self.netns)
+
+    async def disable_router_advertisements(self, device: str) -> None:
+        await self._submit(lambda: self.disable_ipv6_router_advertisements(device))
 
     def _read_state(self, sock: socket.socket) -> list[KernelObject]:
         where = f"netns {self.netns or 'current'}"
@@ -284,10 +369,17 @@ class NetlinkKernel:
 
     def apply(self, action: str, obj: KernelObject) -> None:
         """Perform ``action`` (create/update/delete) on ``obj``; KernelError names the object."""
+        ext = self._extensions.get(type(obj))
+        if ext is not None:
+            self._on_worker(lambda _sock: ext.apply(self.netns, action, obj))
+            return
 
         def run(sock: socket.socket) -> None:
             try:
-                for msg_type, flags, body in _REQUESTS[type(obj)](
+                encode = _REQUESTS.get(type(obj))
+                if encode is None:
+                    raise KernelError(f"{action} {describe(obj)}: no adapter for {type(obj)}")
+                for msg_type, flags, body in encode(
                     action, obj, lambda name: self._index(sock, name)
                 ):
                     rtnl.call(sock, msg_type, flags, body)
@@ -333,6 +425,8 @@ def _link_requests(action: str, obj: Link, index: IndexOf) -> Iterator[Request]:
         info = [rtnl.attr(IFLA_INFO_KIND, obj.kind.encode())]
         if obj.vxlan is not None:
             info.append(rtnl.nested(IFLA_INFO_DATA, *_vxlan_attrs(obj)))
+        elif obj.iptun is not None:
+            info.append(rtnl.nested(IFLA_INFO_DATA, *_iptun_attrs(obj)))
         attrs.append(rtnl.nested(IFLA_LINKINFO, *info))
         header = IFINFOMSG.pack(0, 0, 0, 0, 0)
         yield RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, header + b"".join(attrs)
@@ -359,6 +453,19 @@ def _vxlan_attrs(obj: Link) -> list[bytes]:
     if vx.gbp:
         data.append(rtnl.attr(IFLA_VXLAN_GBP, b""))
     return data
+
+
+def _iptun_attrs(obj: Link) -> list[bytes]:
+    """``ip link add … type ipip local L [remote R]``: iproute2 sends both addresses (0.0.0.0 for
+    "any"), the TTL and path-MTU discovery as single bytes."""
+    assert obj.iptun is not None
+    tun = obj.iptun
+    return [
+        rtnl.attr(IFLA_IPTUN_LOCAL, _ip_bytes(tun.local or "0.0.0.0")),
+        rtnl.attr(IFLA_IPTUN_REMOTE, _ip_bytes(tun.remote or "0.0.0.0")),
+        rtnl.attr(IFLA_IPTUN_TTL, bytes([tun.ttl])),
+        rtnl.attr(IFLA_IPTUN_PMTUDISC, bytes([int(tun.pmtudisc)])),
+    ]
 
 
 def _addr_requests(action: str, obj: Addr, index: IndexOf) -> Iterator[Request]:
@@ -428,3 +535,9 @@ _REQUESTS: dict[type, Callable[[str, Any, IndexOf], Iterator[Request]]] = {
     Fdb: _fdb_requests,
     Route: _route_requests,
 }
+
+
+if TYPE_CHECKING:  # static proof that the adapter implements the port
+    from flannel.dataplane.kernel import Kernel
+
+    _PROOF: Kernel = NetlinkKernel()

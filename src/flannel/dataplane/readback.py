@@ -1,9 +1,9 @@
 """Read the kernel state the reconciler compares, straight from raw rtnetlink dumps.
 
-What is read: every link (name, kind, vxlan parameters, MTU, MAC, up), every address, PERMANENT
-neighbours and FDB entries that have a destination, and main-table unicast/blackhole routes, as the
-frozen values of ``objects``. Each dump is parsed one message at a time (see ``rtnl``), so reading
-1200 peers costs the resulting objects and nothing more.
+What is read: every link (name, kind, vxlan or ipip parameters, MTU, MAC, up), every address,
+PERMANENT neighbours and FDB entries that have a destination, and main-table unicast/blackhole
+routes, as the frozen values of ``objects``. Each dump is parsed one message at a time (see
+``rtnl``), so reading 1200 peers costs the resulting objects and nothing more.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from flannel.dataplane.objects import (
     MAIN_TABLE,
     Addr,
     Fdb,
+    IptunParams,
     KernelObject,
     Link,
     Neigh,
@@ -39,6 +40,10 @@ from flannel.dataplane.uapi import (
     IFLA_IFNAME,
     IFLA_INFO_DATA,
     IFLA_INFO_KIND,
+    IFLA_IPTUN_LOCAL,
+    IFLA_IPTUN_PMTUDISC,
+    IFLA_IPTUN_REMOTE,
+    IFLA_IPTUN_TTL,
     IFLA_LINKINFO,
     IFLA_MTU,
     IFLA_VXLAN_GBP,
@@ -100,16 +105,36 @@ def _vxlan(data: memoryview) -> VxlanParams:
     )
 
 
+def _iptun(data: memoryview) -> IptunParams:
+    """An ipip device's addresses (0.0.0.0 = any, read as None), TTL and path-MTU discovery."""
+    attrs = rtnl.attributes(data, 0)
+
+    def address(kind: int) -> str | None:
+        value = attrs.get(kind)
+        text = _ip(value) if value is not None and len(value) == 4 else None
+        return None if text in (None, "0.0.0.0") else text
+
+    ttl, pmtudisc = attrs.get(IFLA_IPTUN_TTL), attrs.get(IFLA_IPTUN_PMTUDISC)
+    return IptunParams(
+        local=address(IFLA_IPTUN_LOCAL),
+        remote=address(IFLA_IPTUN_REMOTE),
+        ttl=ttl[0] if ttl is not None and len(ttl) else 0,
+        pmtudisc=bool(pmtudisc[0]) if pmtudisc is not None and len(pmtudisc) else True,
+    )
+
+
 def link_from(body: memoryview) -> tuple[int, Link]:
     """(ifindex, Link) of one RTM_NEWLINK body."""
     _family, _type, index, flags, _change = IFINFOMSG.unpack_from(body)
     attrs = rtnl.attributes(body, IFINFOMSG.size)
-    kind, vxlan = "", None
+    kind, vxlan, iptun = "", None, None
     if IFLA_LINKINFO in attrs:
         info = rtnl.attributes(attrs[IFLA_LINKINFO], 0)
         kind = rtnl.cstring(info[IFLA_INFO_KIND]) if IFLA_INFO_KIND in info else ""
         if kind == "vxlan" and IFLA_INFO_DATA in info:
             vxlan = _vxlan(info[IFLA_INFO_DATA])
+        elif kind == "ipip" and IFLA_INFO_DATA in info:
+            iptun = _iptun(info[IFLA_INFO_DATA])
     mac = attrs.get(IFLA_ADDRESS)
     mtu = attrs.get(IFLA_MTU)
     return index, Link(
@@ -119,6 +144,7 @@ def link_from(body: memoryview) -> tuple[int, Link]:
         mtu=_u32(mtu) if mtu is not None else 0,
         mac=_mac(mac) if mac is not None and len(mac) else None,
         up=bool(flags & IFF_UP),
+        iptun=iptun,
     )
 
 

@@ -1,8 +1,8 @@
 """The kernel's rtnetlink numbers and message layouts flannel uses, in one place (PURE).
 
-Values are from the Linux UAPI headers (linux/rtnetlink.h, if_link.h, if_addr.h, neighbour.h); the
-encoder (``netlink``), the decoder (``readback``) and the event filter (``events``) all read them
-from here so a number can never disagree between writing and reading.
+Values are from the Linux UAPI headers (linux/rtnetlink.h, if_link.h, if_addr.h, if_tunnel.h,
+neighbour.h); the encoder (``netlink``), the decoder (``readback``) and the event filter
+(``events``) all read them from here so a number can never disagree between writing and reading.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
 IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6, IFLA_VXLAN_GBP = 15, 17, 23
+
+# IP-in-IP tunnels (if_tunnel.h, the IFLA_IPTUN_* enum)
+IFLA_IPTUN_LOCAL, IFLA_IPTUN_REMOTE, IFLA_IPTUN_TTL, IFLA_IPTUN_PMTUDISC = 2, 3, 4, 10
 
 # Addresses (if_addr.h)
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8

@@ -1,11 +1,14 @@
 """An in-process Kubernetes API double that speaks the real REST + watch protocol.
 
 No kube-apiserver can be installed on these machines, so the kube subnet manager is tested (with the
-real lightkube client) and the lab runs ``--datastore kube`` against this server. It serves the part
-of the core/v1 API flannel uses: nodes (list, get, watch with resourceVersion and bookmarks, create,
-replace, delete, merge and strategic-merge patch, the ``status`` subresource), pods (get), and
-``/version``, ``/api``, ``/api/v1`` discovery. Errors are ``Status`` objects with the real codes and
-reasons (404 NotFound, 403 Forbidden, 409 Conflict, 410 Expired inside a watch stream).
+real lightkube client) and the lab runs ``--datastore kube`` against this server. It serves nodes,
+namespaces, pods (core/v1) and networkpolicies (networking.k8s.io/v1): list (paged with
+``limit``/``continue``, continue tokens expiring as etcd compacts), get, watch (resourceVersion,
+bookmarks, selectors), create, replace, delete, merge and strategic-merge patch, the ``status``
+subresources, ``labelSelector``/``fieldSelector``, ``dryRun=All``, the real validation of names,
+labels, selectors and ports; plus ``/version`` and discovery. Errors are ``Status`` objects with the
+real codes and reasons (400 BadRequest, 404 NotFound, 403 Forbidden, 409 Conflict, 422 Invalid, 410
+Expired inside a watch stream or for an expired continue token).
 
 Run as a process for the lab::
 
@@ -18,20 +21,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from flannel.lab import apiserver_http as http
+from flannel.lab import apiserver_objects as objects
 from flannel.lab import apiserver_routes as routes
+from flannel.lab import apiserver_serve as streams
+from flannel.lab.apiserver_objects import Collection
 from flannel.lab.apiserver_patch import PatchError, merge_patch, strategic_merge_patch
-from flannel.lab.apiserver_store import ApiStatusError, Obj, Store, Watcher, WatchEvent, new_node
+from flannel.lab.apiserver_store import ApiStatusError, Obj, Store, WatchEvent, new_node
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,16 @@ class KubeApiDouble:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, retain: int = 1000) -> None:
         self.host, self.port = host, port
         self.store = Store(retain=retain)
+        spaces = Collection(self.store, objects.NAMESPACES, retain=retain)
+        self.kinds: dict[str, Collection] = {
+            "namespaces": spaces,
+            "pods": Collection(self.store, objects.PODS, namespaces=spaces, retain=retain),
+            "networkpolicies": Collection(
+                self.store, objects.NETWORK_POLICIES, namespaces=spaces, retain=retain
+            ),
+        }
+        for namespace in objects.INITIAL_NAMESPACES:
+            spaces.create("", {"metadata": {"name": namespace}})
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.writes: list[tuple[str, str, str, bytes]] = []
         """(method, path, content type, body) of every non-GET request, as received."""
@@ -53,6 +69,9 @@ class KubeApiDouble:
         self.forbidden: set[tuple[str, str]] = set()
         self.failing: set[tuple[str, str]] = set()
         self.bookmark_interval = 60.0
+        self.fresh_wait = 3.0
+        """How long a watch from a version newer than the store waits for it (the real watch
+        cache's 3 s) before answering 504 "Too large resource version"."""
         self._server: asyncio.Server | None = None
         self._watches_open = asyncio.Event()
         self._watches_open.set()
@@ -69,8 +88,14 @@ class KubeApiDouble:
         """Current node objects by name (live; copy before mutating)."""
         return self.store.nodes
 
-    async def start(self) -> None:
-        """Listen (port 0 picks a free one)."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen (port 0 picks a free one), or serve on ``sock`` -- a bound socket, e.g. one
+        created inside a lab namespace so that namespace's flanneld can reach this in-process
+        double."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve, sock=sock)
+            self.host, self.port = sock.getsockname()[:2]
+            return
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -111,9 +136,33 @@ class KubeApiDouble:
         """Remove a node (emits DELETED)."""
         self.store.delete_node(name)
 
-    def add_pod(self, namespace: str, name: str, node_name: str) -> Obj:
-        """A pod bound to ``node_name``."""
-        return self.store.add_pod(namespace, name, node_name)
+    def add_namespace(self, name: str, labels: dict[str, str] | None = None) -> Obj:
+        """Create a namespace (validated as the real server does)."""
+        body = {"metadata": {"name": name, "labels": dict(labels or {})}}
+        return self.kinds["namespaces"].create("", body)
+
+    def add_pod(
+        self,
+        namespace: str,
+        name: str,
+        node_name: str,
+        *,
+        labels: dict[str, str] | None = None,
+        ip: str | None = None,
+    ) -> Obj:
+        """A pod bound to ``node_name`` (its namespace created if missing), running at ``ip``."""
+        if ("", namespace) not in self.kinds["namespaces"].items:
+            self.add_namespace(namespace)
+        pods = self.kinds["pods"]
+        pod = pods.create(namespace, objects.pod_object(namespace, name, node_name, labels))
+        if ip is None:
+            return pod
+        status = {**pod, "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+        return pods.replace(namespace, name, status, status=True)
+
+    def add_network_policy(self, namespace: str, policy: Obj) -> Obj:
+        """Create a NetworkPolicy in ``namespace`` (validated as the real server does)."""
+        return self.kinds["networkpolicies"].create(namespace, policy)
 
     def forbid(self, verb: str, resource: str) -> None:
         """Answer 403 Forbidden to ``verb`` on ``resource`` (e.g. ``patch``, ``nodes/status``)."""
@@ -134,11 +183,16 @@ class KubeApiDouble:
     def compact(self) -> None:
         """Drop the watch history and end open watches: stale resumes now get 410 Gone."""
         self.store.compact()
+        for collection in self.kinds.values():
+            collection.compact()
         self.close_watches()
 
     def close_watches(self) -> None:
         """End every open watch stream normally (clients reconnect with their last version)."""
-        for watcher in list(self.store.watchers):
+        watchers = set(self.store.watchers)
+        for collection in self.kinds.values():
+            watchers |= collection.watchers
+        for watcher in watchers:
             watcher.queue.put_nowait(None)
 
     def drop_connections(self) -> None:
@@ -209,12 +263,34 @@ class KubeApiDouble:
 
     async def _dispatch(self, req: http.Request, writer: asyncio.StreamWriter) -> bool:
         try:
-            verb, resource, name = routes.classify(req)
+            route = routes.object_route(req)
+            if route is None:
+                verb, resource, name = routes.classify(req)
+                namespace = ""
+            else:
+                verb, resource, namespace, name = route
             self._authorize(verb, resource, name)
             if verb == "watch":
-                await self._watch(req, writer)
+                source = (
+                    objects.node_source(self.store)
+                    if route is None
+                    else self.kinds[resource].source(namespace)
+                )
+                await streams.watch(
+                    req,
+                    writer,
+                    source,
+                    bookmark_interval=self.bookmark_interval,
+                    opened=self._watches_open,
+                    fresh_wait=self.fresh_wait,
+                )
                 return False
-            code, body = self._handle(req, verb, resource, name)
+            if route is None:
+                code, body = self._handle(req, verb, resource, name)
+            else:
+                code, body = self._handle_object(req, verb, resource, namespace, name)
+        except routes.StatusBodyError as exc:
+            code, body = exc.error.code, exc.body
         except ApiStatusError as exc:
             code, body = exc.code, routes.status_body(exc)
         except PatchError as exc:
@@ -252,16 +328,15 @@ class KubeApiDouble:
             return 200, routes.VERSION
         if resource == "discovery":
             return 200, routes.discovery(req.segments)
-        if resource == "pods":
-            return 200, store.get_pod(req.segments[3], name)
         if verb == "list":
-            return 200, self._list(req)
+            return 200, streams.list_page(req, objects.node_source(store))
         if verb == "get":
             return 200, store.get_node(name)
+        dry = routes.dry_run(req)
         if verb == "create":
-            return 201, store.create_node(routes.body_of(req))
+            return 201, store.create_node(routes.body_of(req), dry_run=dry)
         if verb == "delete":
-            obj = store.delete_node(name)
+            obj = store.delete_node(name, dry_run=dry)
             details = {"name": name, "kind": "nodes", "uid": obj["metadata"].get("uid", "")}
             return 200, {
                 "kind": "Status",
@@ -272,39 +347,53 @@ class KubeApiDouble:
             }
         status = resource == "nodes/status"
         if verb == "update":
-            return 200, store.replace_node(name, routes.body_of(req), status=status)
+            return 200, store.replace_node(name, routes.body_of(req), status=status, dry_run=dry)
         if verb == "patch":
-            return 200, store.replace_node(name, self._patched(req, name), status=status)
+            patched = self._patched(req, store.get_node(name))
+            return 200, store.replace_node(name, patched, status=status, dry_run=dry)
         raise ApiStatusError(405, "MethodNotAllowed", f"{req.method} is not supported here")
 
-    def _list(self, req: http.Request) -> Obj:
-        """A NodeList page: ``limit`` + ``continue`` as the real server pages (token opaque).
+    def _handle_object(
+        self, req: http.Request, verb: str, resource: str, namespace: str, name: str
+    ) -> tuple[int, Any]:
+        """Namespaces, pods (and pods/status) and network policies."""
+        status = resource == "pods/status"
+        collection = self.kinds[resource.split("/")[0]]
+        if verb == "list":
+            return 200, streams.list_page(req, collection.source(namespace))
+        if verb == "get":
+            return 200, collection.get(namespace, name)
+        dry = routes.dry_run(req)
+        if verb == "create" and not status:
+            return 201, collection.create(namespace, routes.body_of(req), dry_run=dry)
+        if verb == "update":
+            body = routes.body_of(req)
+            return 200, collection.replace(namespace, name, body, status=status, dry_run=dry)
+        if verb == "patch":
+            patched = self._patched(req, collection.get(namespace, name))
+            return 200, collection.replace(namespace, name, patched, status=status, dry_run=dry)
+        if verb == "delete" and not status:
+            return 200, self._delete_object(collection, namespace, name, dry)
+        raise ApiStatusError(405, "MethodNotAllowed", f"{req.method} is not supported here")
 
-        Later pages carry the first page's resourceVersion; a node changed meanwhile shows its
-        newer state, and the watch from that version replays the change, as with etcd paging.
-        """
-        store = self.store
-        rv, after = str(store.rv), ""
-        token = req.query.get("continue", "")
-        if token:
-            try:
-                rv, after = base64.urlsafe_b64decode(token.encode()).decode().split("\n", 1)
-            except ValueError as exc:
-                raise ApiStatusError(400, "BadRequest", f"invalid continue token: {exc}") from exc
-        names = [n for n in sorted(store.nodes) if n > after]
-        limit = int(req.query.get("limit") or 0)
-        meta: Obj = {"resourceVersion": rv}
-        if limit and len(names) > limit:
-            names = names[:limit]
-            meta["continue"] = base64.urlsafe_b64encode(f"{rv}\n{names[-1]}".encode()).decode()
-            meta["remainingItemCount"] = (
-                len(store.nodes) - len(names) - sum(1 for n in store.nodes if n <= after)
-            )
-        items = [store.nodes[n] for n in names]
-        return {"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items}
+    def _delete_object(self, collection: Collection, namespace: str, name: str, dry: bool) -> Obj:
+        """Delete; a namespace takes its pods and policies with it (its controller, at once)."""
+        if collection.kind is objects.NAMESPACES and not dry:
+            collection.get("", name)  # 404 first
+            for kind in (self.kinds["pods"], self.kinds["networkpolicies"]):
+                for obj in kind.listing(name):
+                    kind.delete(name, obj["metadata"]["name"])
+        obj = collection.delete(namespace, name, dry_run=dry)
+        if collection.kind is objects.NETWORK_POLICIES:
+            details = {"name": name, "kind": collection.kind.resource}
+            return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": details}  # fmt: skip
+        if collection.kind is objects.NAMESPACES:
+            obj["status"] = {"phase": "Terminating"}
+        return obj
 
-    def _patched(self, req: http.Request, name: str) -> Obj:
-        current = self.store.get_node(name)
+    def _patched(self, req: http.Request, current: Obj) -> Obj:
+        """``current`` with the request's merge or strategic-merge patch applied."""
         patch = routes.body_of(req)
         kind = req.headers.get("content-type", "").split(";")[0].strip()
         if kind == "application/strategic-merge-patch+json":
@@ -325,58 +414,6 @@ class KubeApiDouble:
         result.setdefault("metadata", {})["resourceVersion"] = given or ""
         return result
 
-    async def _watch(self, req: http.Request, writer: asyncio.StreamWriter) -> None:
-        await self._watches_open.wait()
-        store = self.store
-        watcher = Watcher()
-        watcher.bookmarks = req.query.get("allowWatchBookmarks") in ("true", "1")
-        rv_text = req.query.get("resourceVersion", "")
-        await http.start_stream(writer)
-        if rv_text in ("", "0"):
-            for name in sorted(store.nodes):
-                watcher.queue.put_nowait(WatchEvent(store.rv, "ADDED", store.nodes[name]))
-        elif store.too_old(int(rv_text)):
-            gone = ApiStatusError(
-                410, "Expired", f"too old resource version: {rv_text} ({store.oldest_rv})"
-            )
-            await http.write_chunk(
-                writer, http.encode_json({"type": "ERROR", "object": routes.status_body(gone)})
-            )
-            await http.end_stream(writer)
-            return
-        else:
-            for event in store.events_after(int(rv_text)):
-                watcher.queue.put_nowait(event)
-        timeout = float(req.query.get("timeoutSeconds") or 0) or None
-        store.watchers.add(watcher)
-        try:
-            await asyncio.wait_for(self._pump(watcher, writer), timeout)
-        except TimeoutError:
-            pass
-        finally:
-            store.watchers.discard(watcher)
-        with contextlib.suppress(ConnectionError):
-            await http.end_stream(writer)
-
-    async def _pump(self, watcher: Watcher, writer: asyncio.StreamWriter) -> None:
-        bookmarks = watcher.bookmarks
-        while True:
-            try:
-                async with asyncio.timeout(
-                    self.bookmark_interval
-                ):  # not wait_for: see Reconciler.run
-                    event = await watcher.queue.get()
-            except TimeoutError:
-                if bookmarks:
-                    rv = self.store.rv
-                    event = WatchEvent(rv, "BOOKMARK", routes.bookmark_obj(rv))
-                else:
-                    continue
-            if event is None:
-                return
-            line = http.encode_json({"type": event.type, "object": event.obj})
-            await http.write_chunk(writer, line)
-
 
 # --- the process the lab runs --------------------------------------------------------------
 
@@ -389,20 +426,52 @@ def _parse_node(text: str) -> tuple[str, list[str]]:
 
 
 def _save_state(double: KubeApiDouble, path: Path) -> None:
+    state: Obj = {"resourceVersion": double.store.rv, "nodes": list(double.nodes.values())}
+    for resource, collection in double.kinds.items():
+        state[resource] = collection.listing("")
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"nodes": list(double.nodes.values())}))
+    tmp.write_text(json.dumps(state))
     tmp.replace(path)
 
 
-async def serve(listen: str, nodes: Sequence[tuple[str, list[str]]], state_file: str) -> None:
+def _load_state(double: KubeApiDouble, path: Path) -> None:
+    """Objects and the version counter of an earlier run. Like an apiserver restart, the watch
+    history starts empty: a client resuming from an older version gets 410 and re-lists (and the
+    counter never goes back, as etcd's revision does not)."""
+    state = json.loads(path.read_text())
+    for obj in state.get("nodes", []):
+        obj.get("metadata", {}).pop("resourceVersion", None)
+        double.store.create_node(obj)
+    for resource in ("namespaces", "pods", "networkpolicies"):
+        collection = double.kinds[resource]
+        for obj in state.get(resource, []):
+            meta = obj.get("metadata", {})
+            meta.pop("resourceVersion", None)
+            namespace, name = meta.get("namespace", ""), meta.get("name")
+            if (namespace, name) in collection.items:
+                continue
+            created = collection.create(namespace, obj)
+            if resource == "pods" and obj.get("status"):  # create resets a pod's status
+                collection.replace(
+                    namespace, name, {**created, "status": obj["status"]}, status=True
+                )
+    double.store.rv = max(double.store.rv, int(state.get("resourceVersion", 0)))
+    double.compact()
+
+
+async def serve(
+    listen: str,
+    nodes: Sequence[tuple[str, list[str]]],
+    state_file: str,
+    bookmark_seconds: float = 60.0,
+) -> None:
     """Run until SIGTERM/SIGINT: load state, add the given nodes, print ``ready``."""
     host, _, port = listen.rpartition(":")
     double = KubeApiDouble(host.strip("[]") or "0.0.0.0", int(port))
+    double.bookmark_interval = bookmark_seconds
     state = Path(state_file) if state_file else None
     if state is not None and state.exists():
-        for obj in json.loads(state.read_text()).get("nodes", []):
-            obj.get("metadata", {}).pop("resourceVersion", None)
-            double.store.create_node(obj)
+        _load_state(double, state)
     for name, cidrs in nodes:
         if name not in double.nodes:
             double.add_node(name, cidrs)
@@ -430,9 +499,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--node", action="append", type=_parse_node, default=[], metavar="NAME=CIDR"
     )
     parser.add_argument("--state-file", default="", help="keep nodes here across restarts")
+    parser.add_argument(
+        "--bookmark-seconds",
+        type=float,
+        default=60.0,
+        help="how often watches that asked for bookmarks get one (a real server: about a minute)",
+    )
     args = parser.parse_args(argv)
+    if args.bookmark_seconds <= 0:
+        parser.error(f"--bookmark-seconds {args.bookmark_seconds:g} must be positive")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    asyncio.run(serve(args.listen, args.node, args.state_file))
+    asyncio.run(serve(args.listen, args.node, args.state_file, args.bookmark_seconds))
     return 0
 
 

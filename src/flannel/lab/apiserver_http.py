@@ -26,6 +26,7 @@ REASONS = {
     422: "Unprocessable Entity",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 

@@ -1,9 +1,11 @@
 """JSON merge patch (RFC 7386) and the strategic-merge subset the Node API uses (PURE).
 
 Strategic merge differs from merge patch on lists: lists with a patch merge key are merged element
-by element (``status.conditions`` and ``status.addresses`` by ``type``, ``spec.taints`` by ``key``),
-lists of scalars tagged ``merge`` (``spec.podCIDRs``) are unioned, and ``{"$patch": "delete"}`` in a
-keyed element removes it. Everything else is replaced as in merge patch. That is exactly what a
+by element (``status.conditions`` and ``status.addresses`` by ``type``, ``metadata.ownerReferences``
+by ``uid``), lists of scalars tagged ``merge`` (``spec.podCIDRs``, ``metadata.finalizers``) are
+unioned, and ``{"$patch": "delete"}`` in a keyed element removes it. Every other list is atomic and
+replaced whole, as in merge patch -- ``spec.taints`` among them: NodeSpec declares no patch strategy
+for it, so ``kubectl taint`` and a patch of taints replace the list. That is exactly what a
 kubelet-less cluster needs for flannel's annotation and NetworkUnavailable patches.
 """
 
@@ -15,10 +17,11 @@ from typing import Any
 MERGE_KEYS: dict[tuple[str, ...], str] = {
     ("status", "conditions"): "type",
     ("status", "addresses"): "type",
-    ("spec", "taints"): "key",
     ("metadata", "ownerReferences"): "uid",
 }
-UNION_LISTS: frozenset[tuple[str, ...]] = frozenset({("spec", "podCIDRs")})
+UNION_LISTS: frozenset[tuple[str, ...]] = frozenset(
+    {("spec", "podCIDRs"), ("metadata", "finalizers")}
+)
 
 
 class PatchError(ValueError):

@@ -1,4 +1,5 @@
-"""The API double's object store: nodes and pods with real resourceVersion semantics.
+"""The API double's node store, with real resourceVersion semantics (other kinds:
+apiserver_objects, sharing this store's version counter).
 
 One global counter (like etcd's revision) stamps every write; each object carries the counter value
 of its last write as ``metadata.resourceVersion``. Node changes are kept in a bounded history so a
@@ -12,6 +13,7 @@ import asyncio
 import collections
 import copy
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,19 +41,40 @@ def not_found(kind: str, name: str) -> ApiStatusError:
 
 @dataclass
 class WatchEvent:
-    """One entry of the node history (and what a watcher receives)."""
+    """One entry of the node history (and what a watcher receives).
+
+    ``prev`` is the object before a MODIFIED, so a filtered watch can tell an object that starts
+    or stops matching its selector (sent as ADDED / DELETED, as the real watch cache does).
+    """
 
     rv: int
     type: str
     obj: Obj
+    prev: Obj | None = None
 
 
 @dataclass(eq=False)
 class Watcher:
-    """An open watch stream: a queue of events and a flag the server sets to end it."""
+    """An open watch stream: a queue of events, its selector, and None from the server to end."""
 
     queue: asyncio.Queue[WatchEvent | None] = field(default_factory=asyncio.Queue)
     bookmarks: bool = False
+    matches: Callable[[Obj], bool] | None = None
+    namespace: str = ""
+
+    def translate(self, event: WatchEvent) -> WatchEvent | None:
+        """The event as this watch sees it through its selector (None: not sent)."""
+        if self.matches is None or event.type in ("BOOKMARK", "ERROR"):
+            return event
+        now = self.matches(event.obj)
+        if event.type != "MODIFIED":
+            return event if now else None
+        before = event.prev is not None and self.matches(event.prev)
+        if now and not before:
+            return WatchEvent(event.rv, "ADDED", event.obj)
+        if before and not now:
+            return WatchEvent(event.rv, "DELETED", event.obj)
+        return event if now else None
 
 
 def new_node(name: str, pod_cidrs: list[str] | None = None, annotations: Obj | None = None) -> Obj:
@@ -69,12 +92,11 @@ def new_node(name: str, pod_cidrs: list[str] | None = None, annotations: Obj | N
 
 
 class Store:
-    """Nodes (watched, versioned, with history) and pods (for ``spec.nodeName`` lookups)."""
+    """Nodes (watched, versioned, with history) and the global resourceVersion."""
 
     def __init__(self, retain: int = 1000) -> None:
         self.rv = 1
         self.nodes: dict[str, Obj] = {}
-        self.pods: dict[tuple[str, str], Obj] = {}
         self.history: collections.deque[WatchEvent] = collections.deque(maxlen=retain)
         self.oldest_rv = 1
         self.watchers: set[Watcher] = set()
@@ -85,10 +107,10 @@ class Store:
         obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
         return obj
 
-    def _publish(self, kind: str, obj: Obj) -> None:
+    def _publish(self, kind: str, obj: Obj, prev: Obj | None = None) -> None:
         if len(self.history) == self.history.maxlen and self.history:
             self.oldest_rv = self.history[0].rv
-        event = WatchEvent(self.rv, kind, copy.deepcopy(obj))
+        event = WatchEvent(self.rv, kind, copy.deepcopy(obj), prev)
         self.history.append(event)
         for watcher in list(self.watchers):
             watcher.queue.put_nowait(event)
@@ -113,8 +135,8 @@ class Store:
         """History entries newer than ``rv``."""
         return [e for e in self.history if e.rv > rv]
 
-    def create_node(self, obj: Obj) -> Obj:
-        """POST: a new node (409 AlreadyExists if the name is taken)."""
+    def create_node(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        """POST: a new node (409 AlreadyExists if the name is taken; dry run: nothing stored)."""
         meta = obj.setdefault("metadata", {})
         name = meta.get("name")
         if not name:
@@ -130,6 +152,8 @@ class Store:
         obj["kind"], obj["apiVersion"] = "Node", "v1"
         obj["metadata"].setdefault("uid", str(uuid.uuid4()))
         obj["metadata"]["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if dry_run:
+            return obj
         self.nodes[name] = self._stamp(obj)
         self._publish("ADDED", obj)
         return copy.deepcopy(obj)
@@ -140,7 +164,7 @@ class Store:
             raise not_found("nodes", name)
         return copy.deepcopy(self.nodes[name])
 
-    def replace_node(self, name: str, obj: Obj, *, status: bool) -> Obj:
+    def replace_node(self, name: str, obj: Obj, *, status: bool, dry_run: bool = False) -> Obj:
         """PUT (or a computed patch result): 409 Conflict on a stale resourceVersion.
 
         The main resource keeps the old status and the status subresource keeps the old spec, as
@@ -166,37 +190,23 @@ class Store:
         new[keep] = old.get(keep, {})
         if _same(new, old):
             return old
+        if dry_run:
+            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            return new
         self.nodes[name] = self._stamp(new)
-        self._publish("MODIFIED", new)
+        self._publish("MODIFIED", new, old)
         return copy.deepcopy(new)
 
-    def delete_node(self, name: str) -> Obj:
+    def delete_node(self, name: str, *, dry_run: bool = False) -> Obj:
         """DELETE: the DELETED event carries the final state with a new resourceVersion."""
+        if dry_run:
+            return self.get_node(name)
         obj = self.nodes.pop(name, None)
         if obj is None:
             raise not_found("nodes", name)
         self._stamp(obj)
         self._publish("DELETED", obj)
         return obj
-
-    def get_pod(self, namespace: str, name: str) -> Obj:
-        """GET one pod."""
-        pod = self.pods.get((namespace, name))
-        if pod is None:
-            raise not_found("pods", name)
-        return copy.deepcopy(pod)
-
-    def add_pod(self, namespace: str, name: str, node_name: str) -> Obj:
-        """Create a pod bound to a node (what POD_NAME/POD_NAMESPACE resolve through)."""
-        pod: Obj = {
-            "kind": "Pod",
-            "apiVersion": "v1",
-            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
-            "spec": {"nodeName": node_name, "containers": [{"name": "main", "image": "x"}]},
-            "status": {},
-        }
-        self.pods[(namespace, name)] = self._stamp(pod)
-        return copy.deepcopy(pod)
 
 
 def _same(a: Obj, b: Obj) -> bool:

@@ -1,6 +1,6 @@
 """Render a CheckReport as a compact table (pure).
 
-One line per pod: its node and IP, then passed/total for each probe kind it started; failures are
+One line per pod: its node and IP(s), then passed/total for each probe kind it started; failures are
 listed underneath with what was expected. A 50-node lab still fits a screen.
 """
 
@@ -11,8 +11,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from flannel.lab.check import CheckReport
 
-KINDS = ("ping", "tcp", "wan-ping", "wan-tcp")
-_HEADERS = {"ping": "ping", "tcp": "tcp", "wan-ping": "wan ping", "wan-tcp": "wan tcp(masq)"}
+KINDS = ("ping", "tcp", "wan-ping", "wan-tcp", "ping6", "tcp6", "wan-ping6", "wan-tcp6")
+_HEADERS = {
+    "ping": "ping",
+    "tcp": "tcp",
+    "wan-ping": "wan ping",
+    "wan-tcp": "wan tcp(masq)",
+    "ping6": "ping6",
+    "tcp6": "tcp6",
+    "wan-ping6": "wan ping6",
+    "wan-tcp6": "wan tcp6(masq)",
+}
 
 
 def render_report(report: CheckReport) -> str:
@@ -26,7 +35,7 @@ def render_report(report: CheckReport) -> str:
     header = ["pod", "node", "ip", *(_HEADERS[kind] for kind in kinds)]
     table = [header]
     for pod in report.pods:
-        cells = [pod.name, f"node{pod.node}", pod.ip]
+        cells = [pod.name, f"node{pod.node}", " ".join(ip for ip in (pod.ip, pod.ip6) if ip)]
         for kind in kinds:
             passed, total = counts.get((pod.name, kind), [0, 0])
             mark = "" if passed == total else " FAIL"

@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     demo.add_argument("--backend", default="vxlan", help="backend type (default vxlan)")
     demo.add_argument("--datastore", choices=("etcd", "kube"), default="etcd")
+    _family_flags(demo)
     demo.set_defaults(func=_guarded(_cmd_demo))
 
 
@@ -76,6 +77,43 @@ def _shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datastore", choices=("etcd", "kube"), default="etcd")
     parser.add_argument("--no-ip-masq", action="store_true", help="run flanneld without --ip-masq")
     parser.add_argument("--nftables", action="store_true", help="EnableNFTables in net-conf.json")
+    _family_flags(parser)
+    parser.add_argument(
+        "--ipv6-network",
+        default="fd00:10:5::/56",
+        help="IPv6 pod network with --ipv6/--dual-stack (default fd00:10:5::/56)",
+    )
+    parser.add_argument(
+        "--pod-mtu",
+        type=int,
+        default=0,
+        help="the CNI delegate's mtu (default: none, pods get FLANNEL_MTU)",
+    )
+    parser.add_argument(
+        "--network-policy",
+        action="store_true",
+        help="run the native NetworkPolicy enforcer (flannel-netpol) on every node (kube mode)",
+    )
+
+
+def _family_flags(parser: argparse.ArgumentParser) -> None:
+    """``--ipv6`` / ``--dual-stack`` (one at most) → ``args.family``."""
+    family = parser.add_mutually_exclusive_group()
+    family.add_argument(
+        "--ipv6",
+        dest="family",
+        action="store_const",
+        const="ipv6",
+        help="IPv6-only: IPv6 underlay and pods, EnableIPv4 false (default: IPv4 only)",
+    )
+    family.add_argument(
+        "--dual-stack",
+        dest="family",
+        action="store_const",
+        const="dual",
+        help="IPv4 and IPv6 underlay and pods (EnableIPv6 with --ipv6-network)",
+    )
+    parser.set_defaults(family="ipv4")
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -118,6 +156,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         ip_masq=not args.no_ip_masq,
         enable_nftables=args.nftables,
+        family=args.family,
+        ipv6_network=args.ipv6_network,
+        pod_mtu=args.pod_mtu,
+        network_policy=args.network_policy,
     )
     lab = Lab.up(spec, progress=_progress)
     print(render_status(lab))
@@ -166,5 +208,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         keep=args.keep,
         backend=args.backend,
         datastore=args.datastore,
+        family=args.family,
         progress=_progress,
     )

@@ -1,14 +1,16 @@
-"""``make demo``: a 3-node vxlan lab, ``flannelctl status``, the connectivity check, tear down."""
+"""``make demo``: a 3-node vxlan lab (IPv4 unless ``family`` says ipv6/dual), ``flannelctl status``,
+the connectivity check, ``flannelctl doctor`` on one node, tear down."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from flannel.lab.cluster import Lab
 from flannel.lab.spec import LabSpec
-from flannel.lab.view import explore_hints, render_status, status_argv
+from flannel.lab.view import doctor_argv, explore_hints, render_status, status_argv
 
 
 def run_demo(
@@ -18,6 +20,7 @@ def run_demo(
     keep: bool,
     backend: str = "vxlan",
     datastore: str = "etcd",
+    family: str = "ipv4",
     progress: Callable[[str], None] = print,
 ) -> int:
     """Exit 0 when the check passes; the lab stays up with ``keep``."""
@@ -29,8 +32,9 @@ def run_demo(
         datastore=datastore,
         state_dir=state_dir,
         prefix=prefix,
+        family=family,
     )
-    progress(f"== bringing up a 3-node {backend} lab (prefix {prefix}) ==")
+    progress(f"== bringing up a 3-node {family} {backend} lab (prefix {prefix}) ==")
     lab = Lab.up(spec, progress=progress)
     try:
         progress("\n== lab ==")
@@ -42,6 +46,12 @@ def run_demo(
         progress("\n== connectivity check ==")
         report = lab.check()
         progress(report.render())
+        progress(f"\n== flannelctl doctor ({lab.nodes[0].name}) ==")
+        doctor = subprocess.run(
+            doctor_argv(lab, lab.nodes[0]), capture_output=True, text=True, timeout=60, check=False
+        )
+        progress((doctor.stdout + doctor.stderr).rstrip())
+        healthy = report.ok and doctor.returncode == 0  # a fresh lab has nothing to warn about
     except BaseException:
         if not keep:
             lab.down()
@@ -51,6 +61,6 @@ def run_demo(
     else:
         progress("\n== tearing down ==")
         lab.down()
-    status = "passed" if report.ok else "FAILED"
+    status = "passed" if healthy else "FAILED"
     progress(f"\ndemo {status} in {time.monotonic() - started:.1f}s")
-    return 0 if report.ok else 1
+    return 0 if healthy else 1

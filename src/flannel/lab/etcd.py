@@ -35,10 +35,17 @@ class EtcdTLS:
     key: Path
     client_cert: Path | None = None
     client_key: Path | None = None
+    client_cert_auth: bool = True
+    """False: TLS with server verification only (clients need no certificate)."""
 
 
 class EtcdServer:
-    """One single-member etcd cluster; ``endpoint`` is its client URL."""
+    """One etcd member; ``endpoint`` is its client URL.
+
+    Alone it is a single-member cluster. For a multi-member cluster give every member its own
+    ``name`` and the same ``initial_cluster`` (``name=peer_url,...``), ``spawn`` them all, then
+    ``wait_healthy`` on each (a member is healthy only once a quorum has formed).
+    """
 
     def __init__(
         self,
@@ -47,7 +54,11 @@ class EtcdServer:
         peer_url: str,
         netns: str | None = None,
         tls: EtcdTLS | None = None,
+        name: str = "pfa",
+        initial_cluster: str | None = None,
     ) -> None:
+        self.name = name
+        self.initial_cluster = initial_cluster or f"{name}={peer_url}"
         self.data_dir = Path(data_dir)
         self.client_url = client_url
         self.peer_url = peer_url
@@ -73,13 +84,13 @@ class EtcdServer:
     def _server_argv(self) -> list[str]:
         argv = [
             ETCD_BINARY,
-            "--name=pfa",
+            f"--name={self.name}",
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={self.client_url}",
             f"--advertise-client-urls={self.client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--initial-cluster=pfa={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster}",
             "--initial-cluster-state=new",
             "--log-level=warn",
             "--logger=zap",
@@ -88,13 +99,18 @@ class EtcdServer:
             argv += [
                 f"--cert-file={self.tls.cert}",
                 f"--key-file={self.tls.key}",
-                f"--trusted-ca-file={self.tls.ca}",
-                "--client-cert-auth",
             ]
+            if self.tls.client_cert_auth:  # this etcd fails TLS for cert-less clients with a CA set
+                argv += [f"--trusted-ca-file={self.tls.ca}", "--client-cert-auth"]
         return self._wrap(argv)
 
     def start(self, timeout: float = 30) -> None:
         """Spawn etcd and wait until it reports healthy; raises RuntimeError with its log tail."""
+        self.spawn()
+        self.wait_healthy(timeout)
+
+    def spawn(self) -> None:
+        """Start the etcd process (recorded by PID) without waiting for it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         machine = platform.machine()
@@ -108,6 +124,10 @@ class EtcdServer:
         finally:
             log.close()
         logger.info("started etcd pid %s at %s", self.proc.pid, self.client_url)
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Wait until ``etcdctl endpoint health`` answers; stop and raise RuntimeError if not."""
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -168,11 +188,22 @@ class EtcdServer:
         self.etcdctl("auth", "enable")
         self.auth = ("root", password)
 
+    def freeze(self) -> None:
+        """SIGSTOP the member: a hung etcd (TCP stays up, nothing answers, no RST)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen member (harmless when it is running)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self, timeout: float = 10) -> None:
-        """End etcd by its PID: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        """End etcd by its PID: SIGCONT (if frozen), SIGTERM, then SIGKILL after ``timeout`` s."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        proc.send_signal(signal.SIGCONT)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)

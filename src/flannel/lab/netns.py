@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -114,6 +115,26 @@ def sysctl(netns: str, settings: dict[str, str]) -> None:
     """Write /proc/sys values inside a namespace (one process for all of them)."""
     args = [f"{key}={value}" for key, value in settings.items()]
     run(["sysctl", "-q", "-w", *args], netns=netns)
+
+
+def wait_ipv6_settled(name: str, timeout: float = 15.0) -> None:
+    """Wait until no IPv6 address in namespace ``name`` is still in duplicate address detection.
+
+    A tentative address neither answers neighbour solicitations nor can be a source, so a pod's
+    gateway on ``cni0`` (which the bridge plugin adds with DAD, as on a real node) is unusable for a
+    second or two after the node's first pod; the lab is "up" only once every address is usable.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        out = run(["ip", "-6", "-o", "addr", "show"], netns=name).stdout
+        failed = [line for line in out.splitlines() if "dadfailed" in line]
+        if failed:
+            raise LabError(f"duplicate IPv6 address in namespace {name}: {failed[0].strip()}")
+        if "tentative" not in out:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"IPv6 addresses in namespace {name} still tentative after {timeout:g}s")
+        time.sleep(0.1)
 
 
 def call_in(name: str, func: Callable[[], _T]) -> _T:

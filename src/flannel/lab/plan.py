@@ -9,6 +9,11 @@ underlay uses private ranges that only exist inside the lab's own namespaces:
 - "the internet" ``203.0.113.0/24`` (TEST-NET-3) between fabric ``.1`` and wan ``.10``; the wan
   host knows a route back to the underlay only, never to pod subnets, so pod→wan works only when
   flanneld masquerades.
+
+IPv6 and dual-stack labs add the same shape in unique local addresses (ULA, fd00::/8, never routed
+outside a site): underlay ``fd00:192:168:100::/64`` (fabric ``::1``, node i ``::(10+i)``, the digits
+read like the IPv4 ones) and the wan link ``fd00:203:0:113::/64`` (fabric ``::1``, wan ``::10``).
+An IPv6-only lab has no IPv4 address anywhere on its underlay.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ WAN_PREFIX = "203.0.113"
 FABRIC_IP = f"{UNDERLAY_PREFIX}.1"
 FABRIC_WAN_IP = f"{WAN_PREFIX}.1"
 WAN_IP = f"{WAN_PREFIX}.10"
+UNDERLAY6_PREFIX = "fd00:192:168:100::"
+UNDERLAY6_LEN = 64
+WAN6_PREFIX = "fd00:203:0:113::"
+WAN6_LEN = 64
+FABRIC_IP6 = f"{UNDERLAY6_PREFIX}1"
+FABRIC_WAN_IP6 = f"{WAN6_PREFIX}1"
+WAN_IP6 = f"{WAN6_PREFIX}10"
+FAMILIES = ("ipv4", "ipv6", "dual")
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 APISERVER_PORT = 6443
@@ -101,6 +114,16 @@ class Names:
 def node_underlay_ip(index: int) -> str:
     """Node i's eth0 address."""
     return f"{UNDERLAY_PREFIX}.{10 + index}"
+
+
+def node_underlay_ip6(index: int) -> str:
+    """Node i's eth0 IPv6 address (IPv6 and dual-stack labs)."""
+    return f"{UNDERLAY6_PREFIX}{10 + index}"
+
+
+def url_host(ip: str) -> str:
+    """An address as the host part of a URL: IPv6 in brackets (RFC 3986)."""
+    return f"[{ip}]" if ":" in ip else ip
 
 
 def pod_short_name(node_index: int, pod_number: int) -> str:

@@ -58,8 +58,15 @@ class NodeCni:
         return self.conf_dir / "10-flannel.conflist"
 
 
-def conflist(cni: NodeCni) -> dict[str, Any]:
-    """kube-flannel's cni-conf.json, with every path moved into the node's lab directory."""
+def conflist(cni: NodeCni, pod_mtu: int = 0) -> dict[str, Any]:
+    """kube-flannel's cni-conf.json, with every path moved into the node's lab directory.
+
+    ``pod_mtu`` sets the delegate's ``mtu``, which the flannel plugin passes on instead of
+    FLANNEL_MTU (upstream's plugin does the same): how an operator sizes pods for IPv6 vxlan.
+    """
+    delegate: dict[str, Any] = {"hairpinMode": True, "isDefaultGateway": True}
+    if pod_mtu:
+        delegate["mtu"] = pod_mtu
     return {
         "name": NETWORK_NAME,
         "cniVersion": CNI_VERSION,
@@ -68,7 +75,7 @@ def conflist(cni: NodeCni) -> dict[str, Any]:
                 "type": "flannel",
                 "subnetFile": str(cni.node_dir / "subnet.env"),
                 "dataDir": str(cni.data_dir),
-                "delegate": {"hairpinMode": True, "isDefaultGateway": True},
+                "delegate": delegate,
                 "ipam": {"dataDir": str(cni.ipam_dir)},
             },
             {"type": "portmap", "capabilities": {"portMappings": True}},
@@ -76,11 +83,11 @@ def conflist(cni: NodeCni) -> dict[str, Any]:
     }
 
 
-def write_conflist(cni: NodeCni) -> dict[str, Any]:
+def write_conflist(cni: NodeCni, pod_mtu: int = 0) -> dict[str, Any]:
     """Create the node's CNI dirs and conflist; returns the conflist."""
     for directory in (cni.conf_dir, cni.data_dir, cni.ipam_dir, cni.cache_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    conf = conflist(cni)
+    conf = conflist(cni, pod_mtu)
     cni.conflist_path.write_text(json.dumps(conf, indent=2) + "\n")
     return conf
 
@@ -101,25 +108,28 @@ def install_plugin(bin_dir: Path) -> None:
 
 
 def _runtime(cni: NodeCni, bin_dir: Path, node_ns: str) -> Any:
+    """A runtime driver over the conflist written on disk (the file is what a runtime reads)."""
     from flannel.cni.runtime import CniRuntime
 
     return CniRuntime(
-        conflist(cni),
+        json.loads(cni.conflist_path.read_text()),
         cni_path=[str(bin_dir), SYSTEM_CNI_DIR],
         cache_dir=cni.cache_dir,
         netns=node_ns,
     )
 
 
-def add_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str) -> tuple[str, str]:
-    """Create the pod namespace and run CNI ADD; returns (container_id, pod IPv4)."""
+def add_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str) -> tuple[str, str, str]:
+    """Create the pod namespace and run CNI ADD; returns (container_id, IPv4, IPv6) — an address
+    the pod's family set lacks is ""."""
     netns.add(pod_ns)
     cid = container_id(pod_ns)
     try:
         result = _runtime(cni, bin_dir, node_ns).add(cid, netns.path(pod_ns), ifname="eth0")
     except Exception as exc:
         raise LabError(f"CNI ADD for pod {pod_ns} on {node_ns} failed: {exc}") from exc
-    return cid, first_ipv4(result, pod_ns)
+    ip4, ip6 = pod_addresses(result, pod_ns)
+    return cid, ip4, ip6
 
 
 def delete_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str, cid: str) -> None:
@@ -129,6 +139,23 @@ def delete_pod(cni: NodeCni, bin_dir: Path, node_ns: str, pod_ns: str, cid: str)
     except Exception as exc:  # a failing DEL must not keep the namespace around
         logger.warning("CNI DEL for pod %s failed: %s", pod_ns, exc)
     netns.delete(pod_ns)
+
+
+def pod_addresses(result: dict[str, Any], pod_ns: str) -> tuple[str, str]:
+    """The pod's first IPv4 and first IPv6 address from a CNI result ("" for a missing family)."""
+    found = {4: "", 6: ""}
+    for entry in result.get("ips", []):
+        address = str(entry.get("address", "")).split("/")[0]
+        family = 6 if ":" in address else 4
+        if address and not found[family]:
+            found[family] = address
+    for family, key in ((4, "ip4"), (6, "ip6")):
+        legacy = result.get(key) or {}
+        if not found[family] and "ip" in legacy:
+            found[family] = str(legacy["ip"]).split("/")[0]
+    if not found[4] and not found[6]:
+        raise LabError(f"CNI result for pod {pod_ns} has no IP address: {result}")
+    return found[4], found[6]
 
 
 def first_ipv4(result: dict[str, Any], pod_ns: str) -> str:

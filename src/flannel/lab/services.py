@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,9 @@ from flannel.lab.plan import (
     ETCD_CLIENT_PORT,
     ETCD_PEER_PORT,
     FABRIC_IP,
+    FABRIC_IP6,
     HEALTHZ_PORT,
+    url_host,
 )
 from flannel.lab.procs import ProcRecord
 from flannel.lab.spec import LabSpec
@@ -36,6 +39,21 @@ ETCD_ENDPOINT = f"http://{FABRIC_IP}:{ETCD_CLIENT_PORT}"
 APISERVER_URL = f"http://{FABRIC_IP}:{APISERVER_PORT}"
 ETCD_PREFIX = "/coreos.com/network"
 READY_TIMEOUT = 60.0
+
+
+def fabric_ip(spec: LabSpec) -> str:
+    """Where the fabric's services listen: its IPv4 underlay address, or IPv6 in an IPv6-only lab."""
+    return FABRIC_IP if spec.has_ipv4 else FABRIC_IP6
+
+
+def etcd_endpoint(spec: LabSpec) -> str:
+    """The etcd client URL of a lab of this shape."""
+    return f"http://{url_host(fabric_ip(spec))}:{ETCD_CLIENT_PORT}"
+
+
+def apiserver_url(spec: LabSpec) -> str:
+    """The API double's URL of a lab of this shape."""
+    return f"http://{url_host(fabric_ip(spec))}:{APISERVER_PORT}"
 
 
 def log_tail(path: str | Path, lines: int = 15) -> str:
@@ -67,9 +85,9 @@ def wait_until(
     raise LabError(f"{what} was not ready within {timeout:g}s{tail}")
 
 
-def etcdctl(fabric: str, *args: str, timeout: float = 15) -> str:
+def etcdctl(fabric: str, *args: str, timeout: float = 15, endpoint: str = ETCD_ENDPOINT) -> str:
     """``etcdctl`` (API v3) against the lab's etcd, run inside the fabric namespace."""
-    argv = ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={ETCD_ENDPOINT}", "--dial-timeout=2s"]
+    argv = ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={endpoint}", "--dial-timeout=2s"]
     return netns.run([*argv, *args], netns=fabric, timeout=timeout).stdout
 
 
@@ -83,7 +101,7 @@ def start_etcd(spec: LabSpec, fabric: str) -> ProcRecord:
 
     server = EtcdServer(
         data_dir=spec.state_dir / "etcd" / "data",
-        client_url=ETCD_ENDPOINT,
+        client_url=etcd_endpoint(spec),
         peer_url=f"http://127.0.0.1:{ETCD_PEER_PORT}",
         netns=fabric,
     )
@@ -102,7 +120,13 @@ def put_network_config(spec: LabSpec, fabric: str) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            etcdctl(fabric, "put", f"{ETCD_PREFIX}/config", spec.net_conf_json())
+            etcdctl(
+                fabric,
+                "put",
+                f"{ETCD_PREFIX}/config",
+                spec.net_conf_json(),
+                endpoint=etcd_endpoint(spec),
+            )
             return
         except LabError:
             if time.monotonic() > deadline:
@@ -111,12 +135,22 @@ def put_network_config(spec: LabSpec, fabric: str) -> None:
 
 
 def kube_pod_cidrs(spec: LabSpec) -> list[str]:
-    """Node i's podCIDR in kube mode: the i-th /24 of the network (the 0th stays unused)."""
-    network = ipaddress.IPv4Network(spec.network)
-    new_prefix = max(24, network.prefixlen + 1)
-    subnets = network.subnets(new_prefix=new_prefix)
+    """Node i's podCIDR(s) in kube mode, as ``--node NAME=CIDR[,CIDR6]`` takes them: the i-th /24
+    of the network and the i-th /64 of the IPv6 network (the 0th of each stays unused)."""
+    families: list[list[str]] = []
+    if spec.has_ipv4:
+        families.append(_nth_subnets(ipaddress.IPv4Network(spec.network), 24, spec.nodes))
+    if spec.has_ipv6:
+        families.append(_nth_subnets(ipaddress.IPv6Network(spec.ipv6_network), 64, spec.nodes))
+    return [",".join(cidrs) for cidrs in zip(*families, strict=True)]
+
+
+def _nth_subnets(
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network, length: int, count: int
+) -> list[str]:
+    subnets = network.subnets(new_prefix=max(length, network.prefixlen + 1))
     next(subnets)
-    return [str(next(subnets)) for _ in range(spec.nodes)]
+    return [str(next(subnets)) for _ in range(count)]
 
 
 def start_apiserver(spec: LabSpec, fabric: str, node_names: Sequence[str]) -> ProcRecord:
@@ -126,12 +160,16 @@ def start_apiserver(spec: LabSpec, fabric: str, node_names: Sequence[str]) -> Pr
         "-m",
         "flannel.lab.apiserver",
         "--listen",
-        f"{FABRIC_IP}:{APISERVER_PORT}",
+        f"{url_host(fabric_ip(spec))}:{APISERVER_PORT}",
+        # Bookmarks every second: a NetworkPolicy enforcer then reports a kind as enforced up to
+        # the API's current version within a second, even when the last write was to another kind.
+        "--bookmark-seconds=1",
     ]
     for name, cidr in zip(node_names, kube_pod_cidrs(spec), strict=True):
         argv += ["--node", f"{name}={cidr}"]
     record = procs.spawn("apiserver", argv, netns=fabric, log=spec.state_dir / "apiserver.log")
-    wait_until("API double", lambda: _tcp_open(fabric, FABRIC_IP, APISERVER_PORT), record, 30)
+    host = fabric_ip(spec)
+    wait_until("API double", lambda: _tcp_open(fabric, host, APISERVER_PORT), record, 30)
     return record
 
 
@@ -155,11 +193,11 @@ def flanneld_argv(spec: LabSpec, flanneld: str, node_name: str) -> list[str]:
     if spec.datastore == "kube":
         argv += [
             "--kube-subnet-mgr",
-            f"--kube-api-url={APISERVER_URL}",
+            f"--kube-api-url={apiserver_url(spec)}",
             f"--net-config-path={spec.state_dir / 'net-conf.json'}",
         ]
     else:
-        argv += [f"--etcd-endpoints={ETCD_ENDPOINT}", f"--etcd-prefix={ETCD_PREFIX}"]
+        argv += [f"--etcd-endpoints={etcd_endpoint(spec)}", f"--etcd-prefix={ETCD_PREFIX}"]
     return [*argv, *spec.extra_flanneld_args]
 
 
@@ -168,6 +206,9 @@ def flanneld_env(spec: LabSpec, node_name: str, base: dict[str, str]) -> dict[st
     env = dict(base)
     env["NODE_NAME"] = node_name
     env["WIREGUARD_KEY_FILE"] = str(node_dir(spec, node_name) / "wgkey")
+    # wireguard-go's UAPI socket and pid file: per node, never the host's /run/wireguard.
+    env["FLANNEL_WIREGUARD_RUN_DIR"] = str(node_dir(spec, node_name) / "run")
+    env["FLANNEL_IPSEC_RUN_DIR"] = str(node_dir(spec, node_name) / "run-ipsec")
     env.pop("NOTIFY_SOCKET", None)
     return env
 
@@ -218,7 +259,7 @@ def readyz_ok(node_ns: str) -> bool:
 
 
 def _tcp_open(ns: str, ip: str, port: int) -> bool:
-    sock = netns.socket_in(ns)
+    sock = netns.socket_in(ns, socket.AF_INET6 if ":" in ip else socket.AF_INET)
     with sock:
         sock.settimeout(1)
         try:

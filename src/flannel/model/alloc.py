@@ -76,7 +76,8 @@ def allocate(
     ``exclude`` adds subnets known to be taken that the listing missed (a create race just lost),
     so a retry picks another one.
     """
-    taken4 = [lease.subnet for lease in leases if lease.subnet is not None]
+    subnets4 = (lease.subnet for lease in leases)
+    taken4 = [n for n in subnets4 if n is not None and not _covers(n, cfg.network)]
     taken4.extend(exclude)
     subnet = IPv4Network("0.0.0.0/0")
     if cfg.enable_ipv4:
@@ -89,12 +90,24 @@ def allocate(
         subnet = IPv4Network((rng.choice(free4), cfg.subnet_len))
     ipv6_subnet: IPv6Network | None = None
     if cfg.enable_ipv6:
-        taken6 = [lease.ipv6_subnet for lease in leases if lease.ipv6_subnet is not None]
+        subnets6 = (lease.ipv6_subnet for lease in leases)
+        taken6 = [n for n in subnets6 if n is not None and not _covers(n, cfg.ipv6_network)]
         free6 = v6_candidates(cfg, taken6)
         if not free6:
             raise OutOfSubnetsError("out of subnets")
         ipv6_subnet = rng.choice(free6)
     return subnet, ipv6_subnet
+
+
+def _covers(subnet: IPv4Network | IPv6Network, network: IPv4Network | IPv6Network | None) -> bool:
+    """Whether a listed subnet covers the whole Network. Such a lease (a bogus key like
+    ``10.5.0.0-16``) is not counted as taken: it made every new node fail with "out of subnets",
+    and lease admission keeps it out of every kernel anyway."""
+    if network is None or network.version != subnet.version:
+        return False
+    return subnet.prefixlen <= network.prefixlen and (
+        network.supernet(new_prefix=subnet.prefixlen) == subnet
+    )
 
 
 def is_subnet_config_compat(

@@ -14,6 +14,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Any
 
 from flannel.errors import ConfigError
+from flannel.model.backendconf import check_backend, shown
+
+MAX_UINT64 = (1 << 64) - 1
+"""Go's ``uint`` on the 64-bit platforms flannel runs on."""
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,11 @@ def _match_field(key: str) -> str | None:
 
 def _cidr_text(value: object, name: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"invalid {name}: {value!r} is not a CIDR string")
+        raise ConfigError(f"invalid {name}: {shown(value)} is not a CIDR string")
     text = value.strip('"')
     _address, sep, prefix = text.partition("/")
-    if not sep or not prefix.isdigit():
-        raise ConfigError(f"invalid CIDR address: {text} (field {name})")
+    if not sep or not prefix.isdigit() or not prefix.isascii():
+        raise ConfigError(f"invalid CIDR address: {shown(text)} (field {name})")
     return text
 
 
@@ -89,7 +93,9 @@ def _network(value: object, name: str, version: int) -> IPv4Network | IPv6Networ
     try:
         net = ip_network(text, strict=False)
     except ValueError:
-        raise ConfigError(f"invalid CIDR address: {text} (field {name})") from None
+        raise ConfigError(f"invalid CIDR address: {shown(text)} (field {name})") from None
+    if "%" in text:  # Go's ParseCIDR has no IPv6 zones
+        raise ConfigError(f"invalid CIDR address: {shown(text)} (field {name})")
     if net.version != version:
         raise ConfigError(f"invalid IPv{version} CIDR format (field {name}: {text})")
     return net
@@ -98,11 +104,13 @@ def _network(value: object, name: str, version: int) -> IPv4Network | IPv6Networ
 def _ip(value: object, name: str, version: int) -> IPv4Address | IPv6Address | None:
     """Go's IP4/IP6 UnmarshalJSON; the unspecified address (``0.0.0.0``/``::``) means unset."""
     if not isinstance(value, str):
-        raise ConfigError(f"invalid IP address format ({name}: {value!r} is not a string)")
+        raise ConfigError(f"invalid IP address format ({name}: {shown(value)} is not a string)")
     try:
         addr = ip_address(value)
     except ValueError:
-        raise ConfigError(f"invalid IP address format ({name}: {value!r})") from None
+        raise ConfigError(f"invalid IP address format ({name}: {shown(value)})") from None
+    if "%" in value:
+        raise ConfigError(f"invalid IP address format ({name}: {shown(value)})")
     if version == 4 and addr.version != 4:
         raise ConfigError(f"invalid IPv4 address format ({name}: {value})")
     if version == 6 and addr.version != 6:
@@ -110,10 +118,22 @@ def _ip(value: object, name: str, version: int) -> IPv4Address | IPv6Address | N
     return None if addr.is_unspecified else addr
 
 
+def _go_kind(value: object) -> str:
+    """How Go's decoder names a JSON value in ``cannot unmarshal <kind>`` errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return f"number {shown(value)}"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
 def _uint(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT64:
         raise ConfigError(
-            f"json: cannot unmarshal {json.dumps(value)} into Go struct field Config.{name} of type uint"
+            f"json: cannot unmarshal {_go_kind(value)} into Go struct field Config.{name} of type "
+            "uint"
         )
     return value
 
@@ -121,9 +141,28 @@ def _uint(value: object, name: str) -> int:
 def _bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(
-            f"json: cannot unmarshal {json.dumps(value)} into Go struct field Config.{name} of type bool"
+            f"json: cannot unmarshal {_go_kind(value)} into Go struct field Config.{name} of type "
+            "bool"
         )
     return value
+
+
+def _reject_constant(name: str) -> float:
+    """Go's JSON has no NaN/Infinity; Python's parser would accept them."""
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value ({name})")
+
+
+def _loads(text: str | bytes) -> object:
+    """``json.loads`` with Go's grammar; every failure is a ConfigError naming the cause."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ConfigError(
+            "invalid JSON in network config: nested too deeply (flannel's config is two levels "
+            "deep: the top-level object and Backend)"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"invalid JSON in network config: {exc}") from None
 
 
 def _decode_field(name: str, value: object) -> object:
@@ -144,10 +183,7 @@ def _decode_field(name: str, value: object) -> object:
 
 def parse_config(text: str | bytes) -> NetworkConfig:
     """Decode net-conf.json like upstream's ParseConfig (Go encoding/json rules)."""
-    try:
-        obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"invalid JSON in network config: {exc}") from exc
+    obj = _loads(text)
     if not isinstance(obj, dict):
         raise ConfigError("network config must be a JSON object")
     values: dict[str, Any] = {}
@@ -174,7 +210,7 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         elif not isinstance(raw, dict):
             raise ConfigError(
                 "error decoding Backend property of config: json: cannot unmarshal "
-                f"{type(raw).__name__} into Go value of type struct {{ Type string }}"
+                f"{_go_kind(raw)} into Go value of type struct {{ Type string }}"
             )
         else:
             backend = raw
@@ -186,10 +222,13 @@ def parse_config(text: str | bytes) -> NetworkConfig:
                 type_value = ""
             if not isinstance(type_value, str):
                 raise ConfigError(
-                    "error decoding Backend property of config: Type must be a string"
+                    "error decoding Backend property of config: json: cannot unmarshal "
+                    f"{_go_kind(type_value)} into Go struct field .Type of type string"
                 )
             backend_type = type_value
-    return NetworkConfig(**values, backend_type=backend_type, backend=backend)
+    cfg = NetworkConfig(**values, backend_type=backend_type, backend=backend)
+    check_backend(backend_type, backend, ipv4=cfg.enable_ipv4, ipv6=cfg.enable_ipv6)
+    return cfg
 
 
 @dataclass(frozen=True)
@@ -248,6 +287,12 @@ def _check_family(
     for name, value in zip(names, (subnet_min, subnet_max), strict=True):
         if int(value) % size:
             raise ConfigError(f"{name} is not on a SubnetLen boundary: {value}")
+    if subnet_min > subnet_max:  # type: ignore[operator]  # same family by construction
+        # Upstream accepts this and fails later with "out of subnets"; say why now.
+        raise ConfigError(
+            f"{names[0]} ({subnet_min}) is above {names[1]} ({subnet_max}): no subnet can be "
+            f"allocated (both must lie in {network}, {names[0]} <= {names[1]})"
+        )
     return subnet_len, subnet_min, subnet_max
 
 

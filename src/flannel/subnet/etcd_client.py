@@ -23,11 +23,26 @@ import grpc
 from aetcd import rpc
 
 from flannel.errors import DatastoreError
+from flannel.subnet.base import DatastoreHealth
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-CALL_TIMEOUT_S = 10
+CALL_TIMEOUT_S = 5
+"""A unary call that has no answer after this long fails over to the next endpoint."""
+PROGRESS_INTERVAL_S = 2.0
+"""A watch asks the member for a progress notification this often (WatchProgressRequest)..."""
+WATCH_SILENCE_S = 5.0
+"""...and a watch with no response at all for this long is on a member that stopped answering."""
+KEEPALIVE_OPTIONS = {
+    # HTTP/2 pings on every channel with an open call: a hung member or a silent partition
+    # (no RST, TCP stays up) closes the transport within time + timeout. 6 s stays above etcd's
+    # default --grpc-keepalive-min-time of 5 s, below which etcd answers pings with GOAWAY.
+    "grpc.keepalive_time_ms": 6000,
+    "grpc.keepalive_timeout_ms": 3000,
+    "grpc.keepalive_permit_without_calls": 0,
+    "grpc.http2.max_pings_without_data": 0,
+}
 
 
 class EtcdCompactedError(DatastoreError):
@@ -46,6 +61,7 @@ class KeyValue:
     value: bytes
     lease: int
     mod_revision: int
+    create_revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +78,7 @@ def _kv(raw: Any) -> KeyValue:
         value=bytes(raw.value),
         lease=int(raw.lease),
         mod_revision=int(raw.mod_revision),
+        create_revision=int(raw.create_revision),
     )
 
 
@@ -78,6 +95,53 @@ def _is_connection_error(exc: BaseException) -> bool:
 def _is_stale_token(exc: BaseException) -> bool:
     text = str(exc)
     return "invalid auth token" in text or "auth token is expired" in text
+
+
+def _short(exc: BaseException) -> str:
+    """A gRPC error as one line (its status and details), anything else as its text."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__
+
+
+class WatchSilentError(ConnectionError):
+    """A watch stream had no response (not even a progress notification) for too long."""
+
+
+async def _watch_requests(
+    key: str, prefix: bool, start_revision: int, stop: asyncio.Event
+) -> AsyncIterator[Any]:
+    """The create request, then a progress request every PROGRESS_INTERVAL_S until ``stop``."""
+    raw = key.encode()
+    create = rpc.WatchCreateRequest(key=raw, start_revision=start_revision)
+    if prefix:
+        create.range_end = aetcd.utils.prefix_range_end(raw)
+    yield rpc.WatchRequest(create_request=create)
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(PROGRESS_INTERVAL_S):
+                await stop.wait()
+        except TimeoutError:
+            yield rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+
+
+async def _with_silence_limit(call: Any, endpoint: str) -> AsyncIterator[Any]:
+    """The stream's responses; WatchSilentError when none arrives for WATCH_SILENCE_S.
+
+    The timeout wraps each read only, never a ``yield``: the consumer runs in this task while the
+    generator is suspended, and a deadline firing then would cancel the consumer's work instead.
+    """
+    while True:
+        try:
+            async with asyncio.timeout(WATCH_SILENCE_S):
+                resp = await call.read()
+        except TimeoutError:
+            raise WatchSilentError(
+                f"no watch response from {endpoint} for {WATCH_SILENCE_S:g}s"
+            ) from None
+        if resp is grpc.aio.EOF:
+            return
+        yield resp
 
 
 class ChannelClosedError(ConnectionError):
@@ -104,8 +168,17 @@ class _Client(aetcd.Client):  # type: ignore[misc]
 
     _is_connecting: bool
 
-    def __init__(self, *, credentials: grpc.ChannelCredentials | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        index: int,
+        credentials: grpc.ChannelCredentials | None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.endpoint = endpoint
+        self.index = index
         self._credentials = credentials
 
     async def connect(self) -> None:
@@ -145,16 +218,34 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             self._is_connecting = False
 
 
-def _credentials(keyfile: str, certfile: str, cafile: str) -> grpc.ChannelCredentials | None:
-    if not (keyfile and certfile):
+def _credentials(
+    endpoints: tuple[str, ...], keyfile: str, certfile: str, cafile: str
+) -> grpc.ChannelCredentials | None:
+    """TLS exactly when the endpoints say https: server verified with ``cafile`` (or the system
+    CA store), a client certificate when given. An https endpoint never falls back to plaintext."""
+    schemes = {urlsplit(e).scheme if "://" in e else "http" for e in endpoints}
+    if len(schemes) > 1:
+        raise DatastoreError(
+            f"etcd endpoints mix http:// and https:// ({', '.join(endpoints)}): use one scheme"
+        )
+    if schemes != {"https"}:
+        if certfile or cafile:
+            raise DatastoreError(
+                "etcd TLS files are set but the endpoints are plain http:// "
+                f"({', '.join(endpoints)}): write https:// endpoints"
+            )
         logger.warning("no certificate provided: connecting to etcd with http. This is insecure")
         return None
     try:
-        key = Path(keyfile).read_bytes()
-        cert = Path(certfile).read_bytes()
+        key = Path(keyfile).read_bytes() if keyfile else None
+        cert = Path(certfile).read_bytes() if certfile else None
         ca = Path(cafile).read_bytes() if cafile else None
     except OSError as exc:
         raise DatastoreError(f"cannot read etcd TLS file {exc.filename}: {exc.strerror}") from exc
+    if (key is None) != (cert is None):
+        raise DatastoreError(
+            "an etcd client certificate needs both --etcd-keyfile and --etcd-certfile"
+        )
     return grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=key, certificate_chain=cert
     )
@@ -164,7 +255,9 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
     if not parts.hostname:
         raise DatastoreError(f"etcd endpoint {endpoint!r} has no host (want http://HOST:PORT)")
-    return parts.hostname, parts.port or 2379
+    # gRPC targets are HOST:PORT, so an IPv6 literal needs its brackets back (urlsplit drops them).
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return host, parts.port or 2379
 
 
 class EtcdClient:
@@ -184,10 +277,11 @@ class EtcdClient:
             raise DatastoreError("no etcd endpoint given (--etcd-endpoints)")
         self.endpoints = tuple(endpoints)
         self._targets = [_host_port(e) for e in self.endpoints]
-        self._credentials = _credentials(keyfile, certfile, cafile)
+        self._credentials = _credentials(self.endpoints, keyfile, certfile, cafile)
         self._auth = (username, password) if username else (None, None)
         self._index = 0
         self._client: _Client | None = None
+        self.health = DatastoreHealth(self.endpoints[0])
 
     @property
     def endpoint(self) -> str:
@@ -198,12 +292,15 @@ class EtcdClient:
         if self._client is None:
             host, port = self._targets[self._index]
             self._client = _Client(
+                endpoint=self.endpoints[self._index],
+                index=self._index,
                 credentials=self._credentials,
                 host=host,
                 port=port,
                 username=self._auth[0],
                 password=self._auth[1],
                 timeout=CALL_TIMEOUT_S,
+                options=KEEPALIVE_OPTIONS,
             )
         return self._client
 
@@ -213,7 +310,24 @@ class EtcdClient:
         try:
             await client.close()
         except Exception as exc:  # closing a broken channel must not mask the real error
-            logger.debug("closing etcd client for %s failed: %r", self.endpoint, exc)
+            logger.debug("closing etcd client for %s failed: %r", client.endpoint, exc)
+
+    async def _abandon(self, client: _Client, detail: str) -> None:
+        """``client``'s endpoint stopped answering: record it, close it, move to the next one.
+
+        Several calls notice the same dead endpoint at once; only the first moves the index, so
+        the others retry on the endpoint it chose instead of skipping past it.
+        """
+        self.health.failed(client.endpoint, detail)
+        await self._drop(client)
+        if self._index == client.index and len(self.endpoints) > 1:
+            self._index = (client.index + 1) % len(self.endpoints)
+            logger.warning(
+                "etcd endpoint %s stopped answering (%s); failing over to %s",
+                client.endpoint,
+                detail,
+                self.endpoints[self._index],
+            )
 
     async def _call(self, what: str, op: Callable[[_Client], Awaitable[T]]) -> T:
         """Run ``op`` on the current endpoint; on connection errors try each other endpoint once."""
@@ -221,7 +335,7 @@ class EtcdClient:
         for _ in range(len(self.endpoints) + 1):
             client = self._current()
             try:
-                return await _uncancelled(op(client))
+                result = await _uncancelled(op(client))
             except (TimeoutError, aetcd.ClientError, grpc.aio.AioRpcError, OSError) as exc:
                 last = exc
                 if isinstance(exc, ChannelClosedError):
@@ -230,10 +344,11 @@ class EtcdClient:
                     await self._drop(client)  # re-authenticate on the same endpoint
                     continue
                 if not _is_connection_error(exc):
-                    raise DatastoreError(f"etcd {what} at {self.endpoint} failed: {exc}") from exc
-                logger.warning("etcd %s at %s failed: %s", what, self.endpoint, exc)
-                await self._drop(client)
-                self._index = (self._index + 1) % len(self.endpoints)
+                    raise DatastoreError(f"etcd {what} at {client.endpoint} failed: {exc}") from exc
+                await self._abandon(client, f"{what}: {_short(exc)}")
+            else:
+                self.health.answered(client.endpoint)
+                return result
         raise DatastoreError(
             f"etcd {what} failed at every endpoint ({', '.join(self.endpoints)}): {last}"
         ) from last
@@ -271,6 +386,13 @@ class EtcdClient:
             "lease timetolive", lambda c: c.get_lease_info(lease_id, keys=False)
         )
         return int(resp.TTL)
+
+    async def lease_keys(self, lease_id: int) -> list[str] | None:
+        """Keys attached to an etcd lease, or None when the lease does not exist."""
+        resp = await self._call("lease timetolive", lambda c: c.get_lease_info(lease_id, keys=True))
+        if int(resp.TTL) < 0:
+            return None
+        return [bytes(k).decode("utf-8", errors="replace") for k in resp.keys]
 
     async def grant(self, ttl: int) -> tuple[int, int]:
         """A new etcd lease: (id, granted TTL seconds)."""
@@ -316,29 +438,27 @@ class EtcdClient:
     ) -> AsyncIterator[list[WatchEvent]]:
         """Event batches from ``start_revision`` on; raises EtcdCompactedError or DatastoreError.
 
-        One gRPC Watch stream per call, created with require-leader so a partitioned member does
-        not leave us silently watching a stale store. The stream ends only by an error.
+        One gRPC Watch stream per call, created with require-leader so a member cut off from the
+        quorum cancels it instead of leaving us on a stale store. The stream asks for a progress
+        notification every PROGRESS_INTERVAL_S; a stream silent for WATCH_SILENCE_S is on a member
+        that stopped answering (frozen, silently partitioned): we fail over to the next endpoint.
+        The stream ends only by an error.
         """
         client = self._current()
         try:
             await client.connect()
         except (TimeoutError, aetcd.ClientError, grpc.aio.AioRpcError, OSError) as exc:
-            await self._fail_over(client, exc)
-            raise DatastoreError(f"etcd watch {key} at {self.endpoint}: {exc}") from exc
-        raw = key.encode()
-        create = rpc.WatchCreateRequest(key=raw, start_revision=start_revision)
-        if prefix:
-            create.range_end = aetcd.utils.prefix_range_end(raw)
+            if _is_connection_error(exc):
+                await self._abandon(client, f"connect: {_short(exc)}")
+            raise DatastoreError(f"etcd watch {key} at {client.endpoint}: {exc}") from exc
         stop = asyncio.Event()
-
-        async def requests() -> AsyncIterator[Any]:
-            yield rpc.WatchRequest(create_request=create)
-            await stop.wait()
-
-        metadata = (*(client.metadata or ()), ("hasleader", "true"))
-        call = rpc.WatchStub(client.channel).Watch(requests(), metadata=metadata)
+        call = rpc.WatchStub(client.channel).Watch(
+            _watch_requests(key, prefix, start_revision, stop),
+            metadata=(*(client.metadata or ()), ("hasleader", "true")),
+        )
         try:
-            async for resp in call:
+            async for resp in _with_silence_limit(call, client.endpoint):
+                self.health.answered(client.endpoint)
                 if resp.compact_revision:
                     raise EtcdCompactedError(key, int(resp.compact_revision))
                 if resp.canceled:
@@ -348,10 +468,13 @@ class EtcdClient:
                         WatchEvent(deleted=ev.type == rpc.Event.DELETE, kv=_kv(ev.kv))
                         for ev in resp.events
                     ]
-            raise DatastoreError(f"etcd watch stream on {key} at {self.endpoint} ended")
+            raise DatastoreError(f"etcd watch stream on {key} at {client.endpoint} ended")
+        except WatchSilentError as exc:
+            await self._abandon(client, str(exc))
+            raise DatastoreError(f"etcd watch {key} at {client.endpoint}: {exc}") from None
         except grpc.aio.AioRpcError as exc:
             await self._fail_over(client, exc)
-            raise DatastoreError(f"etcd watch {key} at {self.endpoint}: {exc.details()}") from exc
+            raise DatastoreError(f"etcd watch {key} at {client.endpoint}: {exc.details()}") from exc
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -363,10 +486,10 @@ class EtcdClient:
             call.cancel()
 
     async def _fail_over(self, client: _Client, exc: BaseException) -> None:
-        if _is_connection_error(exc) or _is_stale_token(exc):
-            await self._drop(client)
-            if not _is_stale_token(exc):
-                self._index = (self._index + 1) % len(self.endpoints)
+        if _is_stale_token(exc):
+            await self._drop(client)  # re-authenticate on the same endpoint
+        elif _is_connection_error(exc):
+            await self._abandon(client, f"watch: {_short(exc)}")
 
     async def close(self) -> None:
         """Close the channel."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from flannel.errors import DatastoreError, MalformedLeaseError
+from flannel.model.admission import MALFORMED_KEY, MALFORMED_VALUE, REJECTIONS
 from flannel.model.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.model.subnetkey import parse_subnet_key
 from flannel.subnet.etcd_client import EtcdClient, EtcdCompactedError, KeyValue, WatchEvent
@@ -79,9 +80,10 @@ TTL_LOOKUP_CONCURRENCY = 16
 class LeaseDecoder:
     """Key/value → Lease, remembering which keys were reported malformed so each is logged once."""
 
-    def __init__(self, client: EtcdClient, *, with_ttl: bool = True) -> None:
+    def __init__(self, client: EtcdClient, *, with_ttl: bool = True, report: bool = True) -> None:
         self.client = client
         self.with_ttl = with_ttl
+        self.report = report  # False: another decoder (the watch's) warns about bad keys
         self._reported: set[str] = set()
         self._decoded: dict[str, tuple[int, Lease | None]] = {}
         # Bounded TTL lookups: 1000 concurrent gRPC calls cost ~20 MiB that glibc never returns,
@@ -89,10 +91,14 @@ class LeaseDecoder:
         self._ttl_slots = asyncio.Semaphore(TTL_LOOKUP_CONCURRENCY)
         self._ttl_memo: dict[int, int] = {}
 
-    def _bad(self, key: str, exc: Exception) -> None:
-        if key not in self._reported:
+    def _bad(self, key: str, exc: Exception, reason: str = MALFORMED_VALUE) -> None:
+        if not self.report:
+            logger.debug("skipping malformed lease %s: %s", key, exc)
+        elif key not in self._reported:
             self._reported.add(key)
-            logger.warning("skipping malformed lease %s: %s", key, exc)
+            REJECTIONS[reason] += 1
+            shown = key if len(key) <= 200 else key[:200] + "..."
+            logger.warning("skipping malformed lease %s: %s", shown, exc)
 
     async def _expiration(self, lease_id: int) -> datetime | None:
         if lease_id == 0:
@@ -118,6 +124,10 @@ class LeaseDecoder:
     async def _decode(self, kv: KeyValue) -> Lease | None:
         try:
             subnet, ipv6_subnet = parse_subnet_key(kv.key)
+        except MalformedLeaseError as exc:
+            self._bad(kv.key, exc, MALFORMED_KEY)
+            return None
+        try:
             attrs = LeaseAttrs.from_json(kv.value)
         except MalformedLeaseError as exc:
             self._bad(kv.key, exc)
@@ -131,6 +141,8 @@ class LeaseDecoder:
             enable_ipv4=True,
             enable_ipv6=ipv6_subnet is not None,
             revision=kv.mod_revision,
+            created=kv.create_revision,
+            name=kv.key,
         )
 
     async def leases(self, kvs: list[KeyValue]) -> list[Lease]:

@@ -6,8 +6,8 @@ flannel) through a strategic-merge PATCH of ``nodes/<name>/status``, and learns 
 watching all nodes. There is no renewal: the lease lives as long as the Node object.
 
 Construct with ``await KubeSubnetManager.create(settings, env=os.environ)`` (async: it resolves the
-node name through the API and waits for the first node list). lightkube is imported only in this
-module tree, so etcd mode never loads it.
+node name through the API and waits for the first node list). The Kubernetes client (kube_client,
+kube_http, kube_config) is imported only in this module tree, so etcd mode never loads it.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flannel.daemon.settings import Settings
 from flannel.errors import ConfigError, DatastoreError, FlagError
 from flannel.model import kubenode
 from flannel.model.config import NetworkConfig
 from flannel.model.kubenode import AnnotationNames
 from flannel.model.lease import Lease, LeaseAttrs, LeaseEvent
+from flannel.model.settings import Settings
+from flannel.model.watcher import LeaseWatcher
+from flannel.subnet.base import DatastoreHealth, DatastoreStatus
 from flannel.subnet.kube_client import (
     AccessDeniedError,
     KubeApi,
@@ -31,7 +33,7 @@ from flannel.subnet.kube_client import (
     make_client,
     translate,
 )
-from flannel.subnet.kube_watch import NodeReflector, NodeView, view_of
+from flannel.subnet.kube_watch import NodeReflector, NodeView, view_of, wanted_names
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ class KubeSubnetManager:
         self.config = config
         self.reflector = reflector
         self._task: asyncio.Task[None] | None = None
+        self._health = DatastoreHealth(api.url)
 
     @classmethod
     async def create(
@@ -194,12 +197,12 @@ class KubeSubnetManager:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RETRY_TIMEOUT
         while True:
-            cached = self.reflector.cache.get(self.node_name) if self.reflector else None
+            cached = self.reflector.own if self.reflector else None
             if cached is not None:
                 return cached
             try:
                 node = await self.api.get_node(self.node_name)
-                return view_of(node, frozenset(vars(self.names).values()))
+                return view_of(node, wanted_names(self.names))
             except AccessDeniedError:
                 raise
             except DatastoreError as exc:
@@ -271,12 +274,19 @@ class KubeSubnetManager:
             await asyncio.Event().wait()
             return
         snapshot, queue = self.reflector.subscribe()
-        yield snapshot
+        # Admission (network, overlap, own identity; pod CIDR lengths are the controller's).
+        watcher = LeaseWatcher(own, config=self.config, check_subnet_len=False)
+        first = watcher.reset(event.lease for event in snapshot)
+        del snapshot  # 5,000 events would otherwise live as long as this generator
+        yield first
+        del first
         while True:
             batch = [await self._next_event(queue)]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            yield batch
+            admitted = watcher.update(batch)
+            if admitted:
+                yield admitted
 
     async def _next_event(self, queue: asyncio.Queue[LeaseEvent]) -> LeaseEvent:
         """The next event, or the reflector's failure (so the daemon's supervisor sees it)."""
@@ -315,7 +325,16 @@ class KubeSubnetManager:
         except DatastoreError as exc:
             logger.warning("cannot read node %s: %s", self.node_name, exc)
             return {}
-        return dict(node.metadata.annotations or {}) if node.metadata is not None else {}
+        return dict(node.metadata.annotations or {})
+
+    def datastore_status(self) -> DatastoreStatus:
+        """Reachable unless the node reflector's last list/watch call failed."""
+        error = self.reflector.last_error if self.reflector is not None else None
+        if error is None:
+            self._health.answered(self.api.url)
+        else:
+            self._health.failed(self.api.url, str(error))
+        return self._health.status
 
     async def get_stored_mac_addresses(self) -> tuple[str | None, str | None]:
         """VtepMACs in our backend-data annotations (normalised prefix: quirk 11 fixed)."""

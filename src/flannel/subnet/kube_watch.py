@@ -1,7 +1,8 @@
 """A node reflector: list + watch all nodes, keep a compact cache, emit lease events.
 
 Like client-go's informer but smaller: the cache keeps per node only its pod CIDRs and flannel's own
-annotations (a few hundred bytes, so 5000 nodes stay well under flanneld's 50 MiB request). A watch
+annotations (a few hundred bytes, so 5000 nodes stay well under flanneld's 50 MiB request), and
+each list page and watch event is reduced to that as it is decoded (kube_client.NodeWire). A watch
 resumes from the last seen resourceVersion (bookmarks keep it fresh); ``410 Gone`` triggers a
 re-list whose diff against the cache yields REMOVED for vanished nodes and ADDED for new or changed
 ones. Events are queued (``EVENT_QUEUE_DEPTH``) only once a consumer subscribed, and the initial
@@ -14,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from flannel.errors import DatastoreError, MalformedLeaseError
 from flannel.model import kubenode
 from flannel.model.kubenode import AnnotationNames
 from flannel.model.lease import EventType, Lease, LeaseEvent
-from flannel.subnet.kube_client import AccessDeniedError, GoneError, KubeApi
+from flannel.subnet.kube_client import AccessDeniedError, GoneError, KubeApi, NodeWire
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ WATCH_SILENCE_LIMIT = 360.0
 """Longer than the watch's timeoutSeconds (300): the server itself closes before this fires."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeView:
     """What flannel needs of a node."""
 
@@ -41,17 +43,27 @@ class NodeView:
     pod_cidrs: tuple[str, ...]
 
 
-def view_of(node: Any, wanted: frozenset[str]) -> NodeView:
-    """Reduce a lightkube Node to a NodeView (only flannel's annotations are kept)."""
+def wanted_names(names: AnnotationNames) -> dict[str, str]:
+    """flannel's annotation names, each mapped to itself (the one copy every view shares)."""
+    return {name: name for name in vars(names).values()}
+
+
+def view_of(node: NodeWire, wanted: Mapping[str, str]) -> NodeView:
+    """Reduce a decoded node to a NodeView: only flannel's annotations, under shared key strings
+    (5000 nodes would otherwise hold 20000 copies of the same 40-byte names); short values such
+    as ``"true"`` and ``"vxlan"`` are interned for the same reason."""
     meta = node.metadata
-    annotations = {k: v for k, v in (meta.annotations or {}).items() if k in wanted}
+    annotations: dict[str, str] = {}
+    for key, value in (meta.annotations or {}).items():
+        shared = wanted.get(key)
+        if shared is not None:
+            annotations[shared] = sys.intern(value) if len(value) <= 16 else value
     spec = node.spec
-    return NodeView(
-        name=meta.name,
-        annotations=annotations,
-        pod_cidr=spec.podCIDR if spec is not None else None,
-        pod_cidrs=tuple(spec.podCIDRs or ()) if spec is not None else (),
-    )
+    pod_cidr = spec.podCIDR if spec is not None else None
+    cidrs = tuple(spec.podCIDRs or ()) if spec is not None else ()
+    if pod_cidr is not None and cidrs and cidrs[0] == pod_cidr:
+        cidrs = (pod_cidr, *cidrs[1:])  # one string object for both fields
+    return NodeView(name=meta.name, annotations=annotations, pod_cidr=pod_cidr, pod_cidrs=cidrs)
 
 
 class NodeReflector:
@@ -72,8 +84,12 @@ class NodeReflector:
         self.own_name = own_name
         self.v4, self.v6 = enable_ipv4, enable_ipv6
         self.queue_depth = queue_depth
-        self.wanted = frozenset(vars(names).values())
-        self.cache: dict[str, NodeView] = {}
+        self.wanted = wanted_names(names)
+        self.cache: dict[str, Lease | None] = {}
+        """Every node's lease (None: not a flannel peer, or malformed). The Lease objects are
+        the ones handed to the backends, so the cache costs little more than its dict."""
+        self.own: NodeView | None = None
+        """Our own node as last seen (acquire_lease reads its CIDRs and annotations)."""
         self.resource_version = ""
         self.synced = asyncio.Event()
         self.fatal: DatastoreError | None = None
@@ -85,11 +101,11 @@ class NodeReflector:
     def subscribe(self) -> tuple[list[LeaseEvent], asyncio.Queue[LeaseEvent]]:
         """The current peers as ADDED events, and the queue of every later change."""
         self.queue = asyncio.Queue(maxsize=self.queue_depth)
-        snapshot = []
-        for view in self.cache.values():
-            lease = self._lease(view)
-            if lease is not None and view.name != self.own_name:
-                snapshot.append(LeaseEvent(EventType.ADDED, lease))
+        snapshot = [
+            LeaseEvent(EventType.ADDED, lease)
+            for name, lease in self.cache.items()
+            if lease is not None and name != self.own_name
+        ]
         return snapshot, self.queue
 
     async def run(self) -> None:
@@ -122,23 +138,38 @@ class NodeReflector:
                 delay = min(delay * 2, BACKOFF_MAX)
 
     async def _relist(self) -> None:
-        rv, nodes = await self.api.list_nodes()
+        """List every node page by page, reducing each page at once; then diff with the cache.
+
+        The cache only changes once the whole list arrived, so a list that fails half-way leaves
+        the previous state (and emits nothing).
+        """
+        fresh: dict[str, Lease | None] = {}
+        rv = ""
+        async for rv, items in self.api.list_node_pages():
+            if not rv:  # the list restarted (expired continue token)
+                fresh.clear()
+            for node in items:
+                name, lease = self._reduce(node)
+                fresh[name] = lease
+            del items
         self.relists += 1
-        fresh = {n.name: n for n in (view_of(node, self.wanted) for node in nodes)}
         for name, old in list(self.cache.items()):
-            if name not in fresh:
-                await self._emit_removed(old)
-        for name, view in fresh.items():
-            await self._changed(self.cache.get(name), view)
+            if name not in fresh and old is not None:
+                await self._emit(LeaseEvent(EventType.REMOVED, old), name)
+        for name, lease in fresh.items():
+            await self._changed(name, self.cache.get(name), lease)
         self.cache = fresh
+        if self.own_name not in fresh:
+            self.own = None
         self.resource_version = rv
+        self.last_error = None  # the API answers again (datastore_status)
         self.synced.set()
         logger.debug("listed %d nodes at resourceVersion %s", len(fresh), rv)
 
     async def _watch(self) -> None:
         """Follow the watch; a stream silent for longer than the server's own timeout is dead.
 
-        lightkube reads watches without a timeout, so a half-open connection (peer gone without a
+        Watch streams have no read timeout (kube_http), so a half-open connection (peer gone without a
         FIN) would stall us forever; the deadline restarts with every event, bookmarks included.
         """
         loop = asyncio.get_running_loop()
@@ -149,52 +180,50 @@ class NodeReflector:
                 ) as events:
                     async for kind, node in events:
                         deadline.reschedule(loop.time() + self.silence_limit)
+                        self.last_error = None  # the API answers again (datastore_status)
                         await self._apply(kind, node)
         except TimeoutError:
             raise DatastoreError(
                 f"the node watch at {self.api.url} was silent for {self.silence_limit:g}s"
             ) from None
 
-    async def _apply(self, kind: str, node: Any) -> None:
+    async def _apply(self, kind: str, node: NodeWire) -> None:
         """Fold one watch event into the cache (and emit its lease event)."""
-        rv = node.metadata.resourceVersion if node.metadata is not None else None
+        rv = node.metadata.resourceVersion
         if kind != "BOOKMARK":
-            view = view_of(node, self.wanted)
-            old = self.cache.get(view.name)
+            name, lease = self._reduce(node)
+            known = name in self.cache
+            old = self.cache.get(name)
             if kind == "DELETED":
-                self.cache.pop(view.name, None)
-                await self._emit_removed(old or view)
+                self.cache.pop(name, None)
+                if name == self.own_name:
+                    self.own = None
+                gone = old if known else lease
+                if gone is not None:
+                    await self._emit(LeaseEvent(EventType.REMOVED, gone), name)
             else:
-                self.cache[view.name] = view
-                await self._changed(old, view)
+                self.cache[name] = lease
+                await self._changed(name, old, lease)
         if rv:
             self.resource_version = rv
 
-    async def _changed(self, old: NodeView | None, new: NodeView) -> None:
-        """ADDED for a newly managed node or one whose relevant annotations changed."""
-        if not kubenode.is_managed(new.annotations, self.names):
-            return
-        was_managed = old is not None and kubenode.is_managed(old.annotations, self.names)
-        if (
-            old is not None
-            and was_managed
-            and not kubenode.relevant_change(
-                old.annotations,
-                new.annotations,
-                self.names,
-                enable_ipv4=self.v4,
-                enable_ipv6=self.v6,
-            )
-        ):
-            return
-        lease = self._lease(new)
-        if lease is not None:
-            await self._emit(LeaseEvent(EventType.ADDED, lease), new.name)
+    def _reduce(self, node: NodeWire) -> tuple[str, Lease | None]:
+        """A decoded node's name and lease (our own node's view is kept as well)."""
+        view = view_of(node, self.wanted)
+        if view.name == self.own_name:
+            self.own = view
+        return view.name, self._lease(view)
 
-    async def _emit_removed(self, view: NodeView) -> None:
-        lease = self._lease(view)
-        if lease is not None:
-            await self._emit(LeaseEvent(EventType.REMOVED, lease), view.name)
+    async def _changed(self, name: str, old: Lease | None, new: Lease | None) -> None:
+        """ADDED for a newly managed node or one whose lease changed.
+
+        Comparing the leases is comparing what upstream's annotation check compares (the
+        relevant annotations of the enabled families, quirk 10 fixed) plus the pod CIDRs;
+        unrelated annotations, labels and kubelet's status never reach the backends.
+        """
+        if new is None or new == old:
+            return
+        await self._emit(LeaseEvent(EventType.ADDED, new), name)
 
     async def _emit(self, event: LeaseEvent, node_name: str) -> None:
         if self.queue is None or node_name == self.own_name:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network, IPv6Network
 
-from flannel.errors import LeaseRevokedError
-from flannel.model.alloc import allocate, is_subnet_config_compat
+from flannel.errors import LeaseRevokedError, SubnetConflictError
 from flannel.model.config import NetworkConfig, check_network_config, parse_config
 from flannel.model.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.model.watcher import LeaseWatcher
+from flannel.subnet.acquire import Previous, acquire_lease
+from flannel.subnet.base import DatastoreStatus
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class MemorySubnetManager:
             config = check_network_config(parse_config(config))
         self.config = config
         self.leases: dict[tuple[IPv4Network | None, IPv6Network | None], Lease] = {}
+        self._creations = 0
         for lease in leases:
             self.leases[(lease.subnet, lease.ipv6_subnet)] = lease
         self.rng = rng or random.Random()
@@ -53,6 +56,7 @@ class MemorySubnetManager:
         self._queues: list[asyncio.Queue[list[LeaseEvent]]] = []
         self._revoked = asyncio.Event()
         self.closed = False
+        self._status = DatastoreStatus(True, time.time(), "memory", "")
 
     @property
     def name(self) -> str:
@@ -66,6 +70,14 @@ class MemorySubnetManager:
     def _new_lease(
         self, subnet: IPv4Network, v6: IPv6Network | None, attrs: LeaseAttrs, ttl: bool = True
     ) -> Lease:
+        """A lease value; ``created`` orders keys by creation like etcd's create revision (a
+        rewrite keeps the key's), so the first writer of overlapping leases is known."""
+        known = self.leases.get((subnet, v6))
+        if known is not None and known.created:
+            created = known.created
+        else:
+            self._creations += 1
+            created = self._creations
         return Lease(
             subnet=subnet,
             ipv6_subnet=v6,
@@ -73,32 +85,39 @@ class MemorySubnetManager:
             expiration=datetime.now(UTC) + LEASE_TTL if ttl else None,
             enable_ipv4=True,
             enable_ipv6=v6 is not None,
+            created=created,
         )
 
+    @property
+    def store_name(self) -> str:
+        """Where the leases live (LeaseStore)."""
+        return "the memory store"
+
+    async def list_leases(self) -> list[Lease]:
+        """Every lease now."""
+        return list(self.leases.values())
+
+    async def create_lease(
+        self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None, attrs: LeaseAttrs
+    ) -> Lease:
+        """Store a new lease unless the key exists (SubnetConflictError, like etcd's txn)."""
+        if (subnet, ipv6_subnet) in self.leases:
+            raise SubnetConflictError(f"subnet already exists: {subnet} {ipv6_subnet or ''}")
+        return self._store(self._new_lease(subnet, ipv6_subnet, attrs))
+
+    async def rewrite_lease(self, lease: Lease, attrs: LeaseAttrs, *, reservation: bool) -> Lease:
+        """Overwrite the lease with ``attrs`` (a reservation stays without expiry)."""
+        assert lease.subnet is not None
+        return self._store(self._new_lease(lease.subnet, lease.ipv6_subnet, attrs, not reservation))
+
+    async def delete_lease(self, lease: Lease) -> None:
+        """Delete the lease (watchers see REMOVED)."""
+        self._delete((lease.subnet, lease.ipv6_subnet))
+
     async def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
-        """Reuse by public IP, then the previous subnet, then a random free subnet."""
-        cfg = self.config
-        for key, lease in list(self.leases.items()):
-            if lease.attrs.public_ip != attrs.public_ip:
-                continue
-            if is_subnet_config_compat(cfg, lease.subnet, lease.ipv6_subnet):
-                assert lease.subnet is not None
-                keep_ttl = lease.expiration is not None
-                return self._store(
-                    self._new_lease(lease.subnet, lease.ipv6_subnet, attrs, keep_ttl)
-                )
-            logger.info("Found lease (%s) for current IP, but not compatible; deleting", key)
-            self._delete(key)
-        existing = list(self.leases.values())
-        prev = self.prev_subnet
-        if (
-            prev is not None
-            and all(lease.subnet != prev for lease in existing)
-            and is_subnet_config_compat(cfg, prev, self.prev_ipv6_subnet)
-        ):
-            return self._store(self._new_lease(prev, self.prev_ipv6_subnet, attrs))
-        subnet, v6 = allocate(cfg, existing, self.rng)
-        return self._store(self._new_lease(subnet, v6, attrs))
+        """Upstream's acquisition policy (``flannel.subnet.acquire``) over this store."""
+        previous = Previous(self.prev_subnet, self.prev_ipv6_subnet)
+        return await acquire_lease(self, self.config, attrs, previous=previous, rng=self.rng)
 
     def _store(self, lease: Lease) -> Lease:
         self.leases[(lease.subnet, lease.ipv6_subnet)] = lease
@@ -137,11 +156,11 @@ class MemorySubnetManager:
         """Snapshot as ADDED events, then live batches, own lease excluded."""
         queue: asyncio.Queue[list[LeaseEvent]] = asyncio.Queue()
         self._queues.append(queue)
-        watcher = LeaseWatcher(own)
+        watcher = LeaseWatcher(own, config=self.config)  # admits only sane peers
         try:
-            first = watcher.reset(list(self.leases.values()))
-            if first:
-                yield first
+            # The first batch is the snapshot, even when empty: it tells the backend the live set
+            # is known, and only then may stale objects of a previous run be pruned.
+            yield watcher.reset(list(self.leases.values()))
             while True:
                 batch = watcher.update(await queue.get())
                 if batch:
@@ -155,13 +174,9 @@ class MemorySubnetManager:
         logger.info("Lease has been revoked. Shutting down daemon.")
         raise LeaseRevokedError(f"lease {lease.describe()} was deleted from the memory store")
 
-    async def get_stored_mac_addresses(self) -> tuple[str | None, str | None]:
-        """Memory stores remember no MACs."""
-        return None, None
-
-    async def get_stored_public_ips(self) -> tuple[str | None, str | None]:
-        """Memory stores remember no public IPs."""
-        return None, None
+    def datastore_status(self) -> DatastoreStatus:
+        """Always reachable: the store is this process's memory."""
+        return self._status
 
     async def close(self) -> None:
         """Nothing to release."""

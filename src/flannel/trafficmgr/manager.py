@@ -1,8 +1,10 @@
 """The daemon-facing traffic manager: install masquerade/forward rules once, then keep them.
 
-Upstream steps 15-17 (``main.go``): clean the other mode's state, then set up the chosen mode. Unlike
-upstream, both modes get a resync loop that restores anything deleted or changed by someone else
-within ``--iptables-resync`` seconds, and switching modes removes the other mode's state entirely.
+Upstream steps 15-17 (``main.go``): set up the chosen mode and clean the other mode's state (we do it
+in that order, so a mode switch has no gap). Nothing is torn down at shutdown (upstream v0.27.0), so
+a restart never drops masqueraded traffic. Unlike upstream, both modes get a resync loop that
+restores anything deleted or changed by someone else within ``--iptables-resync`` seconds, and
+switching modes removes the other mode's state entirely.
 """
 
 from __future__ import annotations
@@ -184,15 +186,14 @@ async def _start_iptables(plan: TrafficPlan, runner: Runner) -> IptablesKeeper:
             work.append((family, masq_ruleset(network, pod, random_fully=random_fully)))
         if plan.forward_rules:
             work.append((family, forward_ruleset(network)))
-    await cleanup_nftables(runner)
     keeper = IptablesKeeper(plan.resync_seconds, work)
     await keeper.install()
+    await cleanup_nftables(runner)  # after install: a mode switch never leaves a gap
     return keeper
 
 
 async def _start_nftables(plan: TrafficPlan, runner: Runner) -> NftablesKeeper:
     nft = await Nft.require(runner)
-    await cleanup_iptables(runner)
     fully_random = not plan.fully_random_disable and await nft.supports_fully_random()
     chains: dict[int, list[NftChain]] = {4: [], 6: []}
     for network, pod, _prev_net, _prev_pod in _families(plan):
@@ -203,16 +204,25 @@ async def _start_nftables(plan: TrafficPlan, runner: Runner) -> NftablesKeeper:
     tables = [build_table(version, chains[version]) for version in (4, 6)]
     keeper = NftablesKeeper(plan.resync_seconds, nft, tables)
     await keeper.install()
+    await cleanup_iptables(runner)  # after install: a mode switch never leaves a gap
     return keeper
 
 
-async def start_traffic_rules(plan: TrafficPlan) -> TrafficKeeper:
-    """Clean the other mode, install this mode's rules once and return their keeper.
+async def start_traffic_rules(plan: TrafficPlan, *, runner: Runner | None = None) -> TrafficKeeper:
+    """Install this mode's rules, clean the other mode's, and return the keeper.
+
+    Restarts must not drop traffic (upstream v0.27.0 moved its clean-up from shutdown to start):
+    nothing is removed when the daemon stops, and at start whatever a previous run left is
+    replaced by one transaction per table (iptables) or per family (nftables), so at no moment
+    are the masquerade or forward rules absent. The other mode's state is removed only after
+    this mode's rules are in, so switching modes has no gap either (both briefly coexist, which
+    is harmless: the first NAT decision of a connection sticks).
 
     Raises TrafficError when the chosen mode cannot work (binaries missing, no kernel support, a
-    transaction rejected), with a message that says what to install or change.
+    transaction rejected), with a message that says what to install or change. ``runner`` lets
+    tests observe every command.
     """
-    runner = Runner(plan.netns)
+    runner = runner or Runner(plan.netns)
     if plan.use_nftables:
         logger.info("Starting flannel in nftables mode...")
         return await _start_nftables(plan, runner)

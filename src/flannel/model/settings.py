@@ -1,4 +1,4 @@
-"""flanneld settings: one frozen value built from flags and FLANNELD_* variables."""
+"""flanneld settings: one frozen value built from flags and FLANNELD_* variables (PURE data)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ class Settings:
     """Health server listen address."""
     healthz_port: int = 0
     """Health server port (0 disables it)."""
+    healthz_stall_seconds: int = 120
+    """pyflannel extension: /healthz fails once the reconcile loop or the datastore watch has made
+    no progress for this long (the kubelet then restarts the stuck daemon)."""
+    probe_interval: int = 0
+    """pyflannel extension: seconds between rounds of the built-in pinger, which sends one ICMP echo
+    to every peer's overlay address and exports its RTT and loss on /metrics (0: off)."""
     iptables_resync: int = 5
     """Seconds between checks that our rules (and blackhole routes) are in place."""
     iptables_forward_rules: bool = True
