@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Coroutine, Mapping
-from typing import Any
+from collections.abc import Awaitable, Collection, Coroutine, Mapping
+from typing import Any, TypeVar
 
 from flannel.errors import FlannelError
 
 logger = logging.getLogger(__name__)
 
 Job = Coroutine[Any, Any, None]
+T = TypeVar("T")
 
 
 async def supervise(jobs: Mapping[str, Job], finishing_ok: Collection[str] = ()) -> None:
@@ -51,3 +52,17 @@ async def supervise(jobs: Mapping[str, Job], finishing_ok: Collection[str] = ())
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
+    """``await awaitable`` for at most ``timeout`` seconds (None: unbounded), then TimeoutError:
+    ``asyncio.wait_for`` without its Python 3.11 flaw.
+
+    On 3.11 ``wait_for`` swallows a cancellation that lands in the tick where the inner wait
+    completes: it returns the result instead of raising CancelledError. A loop around it (a
+    programmer waiting on its queue, a runner waiting on ``nft``) then never ends and shutdown hangs
+    forever. ``asyncio.timeout`` cancels within the same task and keeps the outer cancellation, so
+    every bounded wait in ``src`` goes through here (ruff bans ``asyncio.wait_for`` there).
+    """
+    async with asyncio.timeout(timeout):
+        return await awaitable

@@ -25,6 +25,7 @@ from flannel.cli.resetplan import LeaseFact
 from flannel.cli.status import settings_from_args
 from flannel.errors import DatastoreError
 from flannel.model.subnetenv import PreviousSubnets
+from flannel.tasks import bounded
 
 TIMEOUT_S = 10.0
 DATASTORE_FLAGS = (
@@ -84,7 +85,7 @@ def find_json(payload: dict[str, Any]) -> dict[str, Any] | None:
         subnet=IPv4Network(payload["subnet"]) if payload.get("subnet") else None,
         ipv6_subnet=IPv6Network(payload["ipv6_subnet"]) if payload.get("ipv6_subnet") else None,
     )
-    fact = asyncio.run(asyncio.wait_for(find_lease(args, subnets), TIMEOUT_S))
+    fact = asyncio.run(bounded(find_lease(args, subnets), TIMEOUT_S))
     if fact is None:
         return None
     return {"datastore": fact.datastore, "target": fact.target, "annotations": fact.annotations}
@@ -95,7 +96,7 @@ def release_json(payload: dict[str, Any]) -> None:
     args = argparse.Namespace(**payload["args"])
     raw = payload["lease"]
     lease = LeaseFact(raw["datastore"], raw["target"], tuple(raw["annotations"]))
-    asyncio.run(asyncio.wait_for(release(args, lease), TIMEOUT_S))
+    asyncio.run(bounded(release(args, lease), TIMEOUT_S))
 
 
 def _flannel_annotations(prefix: str) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from flannel.errors import ConfigError, DatastoreError, FlannelError, KernelErro
 from flannel.model.config import NetworkConfig
 from flannel.model.lease import EventType, Lease, LeaseAttrs
 from flannel.model.settings import Settings
+from flannel.tasks import bounded
 
 SNAPSHOT_TIMEOUT = 5.0
 logger = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ async def _read_etcd(args: argparse.Namespace) -> tuple[dict[str, Any] | None, l
     try:
         try:
             config: dict[str, Any] | None = config_summary(
-                await asyncio.wait_for(manager.get_network_config(), SNAPSHOT_TIMEOUT)
+                await bounded(manager.get_network_config(), SNAPSHOT_TIMEOUT)
             )
         except ConfigError:
             config = None
@@ -225,7 +226,7 @@ async def _read_etcd(args: argparse.Namespace) -> tuple[dict[str, Any] | None, l
         leases: list[Lease] = []
         watch = manager.watch_leases(nobody)
         try:
-            batch = await asyncio.wait_for(anext(watch), SNAPSHOT_TIMEOUT)
+            batch = await bounded(anext(watch), SNAPSHOT_TIMEOUT)
             leases = [event.lease for event in batch if event.type is EventType.ADDED]
         except (TimeoutError, StopAsyncIteration):
             leases = []  # an empty store may never send a first batch

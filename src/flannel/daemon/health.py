@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from flannel.metrics import Family, render, split_name
+from flannel.tasks import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class _BadRequest(Exception):
 
 async def _read_line(reader: asyncio.StreamReader, too_long: str) -> bytes:
     try:
-        return await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT)
+        return await bounded(reader.readuntil(b"\n"), READ_TIMEOUT)
     except asyncio.LimitOverrunError as exc:
         raise _BadRequest(too_long) from exc
     except asyncio.IncompleteReadError as exc:

@@ -9,7 +9,6 @@ endpoints.
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from flannel.errors import ConfigError, FlannelError, MalformedLeaseError
 from flannel.model.lease import Lease, LeaseAttrs
 from flannel.model.settings import Settings
 from flannel.model.subnetkey import parse_subnet_key
+from flannel.tasks import bounded
 
 
 def _etcd_delete(settings: Settings) -> str:
@@ -159,8 +159,8 @@ async def read_store(settings: Settings, *, net_config_path: str, timeout: float
     )
     try:
         if kind == "kube":
-            return await asyncio.wait_for(_kube(settings, net_config_path), timeout)
-        return await asyncio.wait_for(_etcd(settings), timeout)
+            return await bounded(_kube(settings, net_config_path), timeout)
+        return await bounded(_etcd(settings), timeout)
     except TimeoutError:
         error = f"no answer from {where} within {timeout:g}s"
     except (FlannelError, OSError) as exc:

@@ -12,6 +12,7 @@ from flannel.lab import apiserver_http as http
 from flannel.lab import apiserver_routes as routes
 from flannel.lab import apiserver_select as select
 from flannel.lab.apiserver_store import ApiStatusError, Obj, Watcher, WatchEvent
+from flannel.tasks import bounded
 
 
 @dataclass
@@ -119,7 +120,7 @@ async def watch(
             watcher.queue.put_nowait(event)
     source.watchers.add(watcher)
     try:
-        await asyncio.wait_for(_pump(watcher, writer, source, bookmark_interval), timeout)
+        await bounded(_pump(watcher, writer, source, bookmark_interval), timeout)
     except TimeoutError:
         pass
     finally:

@@ -34,6 +34,7 @@ from flannel.netpol.ruleset import Delta
 from flannel.netpol.state import PolicyState
 from flannel.netpol.watch import Change, KindWatch, resource
 from flannel.subnet.kube_client import KubeApi
+from flannel.tasks import bounded
 from flannel.trafficmgr.runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ class Enforcer:
             try:
                 wait = max(0.0, next_resync - time.monotonic())
                 try:
-                    first = await asyncio.wait_for(self.queue.get(), wait)
+                    first = await bounded(self.queue.get(), wait)
                 except TimeoutError:
                     await self.resync()
                     next_resync = time.monotonic() + self.resync_period

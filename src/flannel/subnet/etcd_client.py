@@ -24,6 +24,7 @@ from aetcd import rpc
 
 from flannel.errors import DatastoreError
 from flannel.subnet.base import DatastoreHealth
+from flannel.tasks import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class _Client(aetcd.Client):  # type: ignore[misc]
         if self._connected.is_set():
             return
         if self._is_connecting:
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            await bounded(self._connected.wait(), self._connect_wait_timeout)
             return
         try:
             self._is_connecting = True

@@ -34,6 +34,7 @@ from flannel.subnet.kube_client import (
     translate,
 )
 from flannel.subnet.kube_watch import NodeReflector, NodeView, view_of, wanted_names
+from flannel.tasks import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class KubeSubnetManager:
         self._task = asyncio.create_task(reflector.run(), name="kube-node-reflector")
         logger.info("Waiting %ss for node controller to sync", sync_timeout)
         try:
-            await asyncio.wait_for(reflector.synced.wait(), sync_timeout)
+            await bounded(reflector.synced.wait(), sync_timeout)
         except TimeoutError:
             problem = (
                 f"timed out after {sync_timeout:g}s waiting for the node list from the Kubernetes "

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flannel.errors import TrafficError
+from flannel.tasks import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Runner:
             raise TrafficError(f"cannot run {argv[0]}: {exc.strerror}") from exc
         data = stdin.encode() if stdin is not None else None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(data), self.timeout)
+            out, err = await bounded(proc.communicate(data), self.timeout)
         except TimeoutError as exc:
             proc.kill()
             await proc.wait()

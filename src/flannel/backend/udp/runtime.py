@@ -21,6 +21,7 @@ from ipaddress import IPv4Network
 from flannel.backend.udp import tun, wire
 from flannel.errors import BackendError
 from flannel.metrics import Family
+from flannel.tasks import bounded
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class ForwarderRuntime:
                 if ctl is not None:
                     ctl.send(wire.CMD_STOP)
             try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+                await bounded(proc.wait(), STOP_TIMEOUT)
             except TimeoutError:
                 logger.warning("udp forwarder (pid %d) did not stop: killing it", proc.pid)
                 proc.kill()
@@ -197,7 +198,7 @@ class ForwarderRuntime:
                 raise BackendError("udp forwarder is not running")
             loop = asyncio.get_running_loop()
             self.ctl.send(wire.CMD_STATS)
-            reply = await asyncio.wait_for(loop.sock_recv(self.ctl, 4096), READY_TIMEOUT)
+            reply = await bounded(loop.sock_recv(self.ctl, 4096), READY_TIMEOUT)
             return wire.decode_counters(reply)
 
     # ---------------------------------------------------------------- internals
@@ -222,7 +223,7 @@ class ForwarderRuntime:
         self.ctl = mine
         loop = asyncio.get_running_loop()
         try:
-            hello = await asyncio.wait_for(loop.sock_recv(mine, 16), READY_TIMEOUT)
+            hello = await bounded(loop.sock_recv(mine, 16), READY_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             hello = b""
             logger.error("udp forwarder (pid %d) did not report ready: %r", self.proc.pid, exc)
