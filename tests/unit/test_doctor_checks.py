@@ -21,6 +21,7 @@ from flannel.doctor.snapshot import (
     CniFacts,
     FileFact,
     HttpFact,
+    IpsecFact,
     IptablesFacts,
     NftChainFact,
     NftFacts,
@@ -294,6 +295,15 @@ CASES: list[tuple[str, Callable[[Snapshot], Snapshot], str, Severity, str | None
      "probe.overlay", Severity.ERROR, None),
     ("path MTU too small", lambda s: _probe(s, mtu_ok=False), "probe.mtu", Severity.ERROR, None),
     ("no ping", lambda s: replace(s, probes=ProbeSnapshot(skipped="ping is not installed")), "probe.unavailable", Severity.SKIP, None),
+    ("strict rp_filter on flannel.1", lambda s: _node(s, sysctls={**s.node.sysctls, "net.ipv4.conf.flannel.1.rp_filter": "1"}),
+     "sysctl.rp-filter", Severity.INFO, "sysctl -w net/ipv4/conf/flannel.1/rp_filter=2"),
+    ("IPv6 forwarding off in a dual-stack network", lambda s: _node(_conf(s, {**CONF, "EnableIPv6": True, "IPv6Network": "fd10::/56"}),
+                                                                    sysctls={**s.node.sysctls, "net.ipv6.conf.all.forwarding": "0"}),
+     "sysctl.ipv6-forwarding", Severity.ERROR, "sysctl -w net.ipv6.conf.all.forwarding=1"),
+    ("IPsec connection down", lambda s: _node(_conf(s, {**CONF, "Backend": {"Type": "ipsec", "PSK": "p" * 96}}),
+                                              ipsec=(IpsecFact("peer-2", False, "CONNECTING", ""),)),
+     "ipsec.sa-down", Severity.ERROR, None),
+    ("a node without podCIDR", lambda s: _store(s, nodes_without_cidr=("node9",)), "kube.pod-cidr-missing", Severity.ERROR, None),
 ]  # fmt: skip
 
 
@@ -424,7 +434,7 @@ def test_every_id_a_check_can_emit_is_in_the_catalog_and_tested() -> None:
     literal = _literal_ids()
     assert literal and literal <= CATALOG.keys(), sorted(literal - CATALOG.keys())
     tested = {c[2] for c in CASES} | {"wireguard.handshake", "wireguard.peer-missing"}
-    untested = CATALOG.keys() - tested - {"sysctl.ipv6-forwarding", "sysctl.rp-filter", "ipsec.sa-down", "kube.pod-cidr-missing", "probe.overlay"}  # fmt: skip
+    untested = CATALOG.keys() - tested
     assert not untested, sorted(untested)
 
 

@@ -99,7 +99,8 @@ def check_sysctl(ctx: Context) -> list[Finding]:
                     f"net.ipv4.conf.{dev}.rp_filter = {value}, all.rp_filter = "
                     f"{sysctls.get('net.ipv4.conf.all.rp_filter')}",
                     "use loose mode (2) if traffic between nodes is routed asymmetrically",
-                    f"sysctl -w net.ipv4.conf.{dev}.rp_filter=2",
+                    # slash form: sysctl would read the dot in flannel.1 as a separator
+                    f"sysctl -w net/ipv4/conf/{dev}/rp_filter=2",
                     dev,
                 )
             )

@@ -102,11 +102,15 @@ def read_kernel() -> tuple[tuple[KernelObject, ...], str]:
 
 def read_sysctls(devices: tuple[str, ...]) -> dict[str, str | None]:
     """The sysctls the checks need (per-device rp_filter for ``devices``)."""
-    keys = list(SYSCTLS) + [f"net.ipv4.conf.{d}.rp_filter" for d in devices]
+    # A device name may hold dots (flannel.1): its path is built from parts, never by splitting
+    # the dotted key, which would read /proc/sys/net/ipv4/conf/flannel/1/rp_filter.
+    paths = {key: Path("/proc/sys", *key.split(".")) for key in SYSCTLS}
+    for dev in devices:
+        paths[f"net.ipv4.conf.{dev}.rp_filter"] = Path("/proc/sys/net/ipv4/conf", dev, "rp_filter")
     out: dict[str, str | None] = {}
-    for key in keys:
+    for key, path in paths.items():
         try:
-            out[key] = Path("/proc/sys", *key.split(".")).read_text().strip()
+            out[key] = path.read_text().strip()
         except OSError:
             out[key] = None
     return out
