@@ -271,3 +271,27 @@ async def test_a_watch_version_the_server_has_not_reached_makes_the_reflector_re
         api.add_node("node-b", ["10.244.2.0/24"], managed_annotations("10.0.0.2"))
         await eventually(lambda: seen.events == [(EventType.ADDED, "10.244.2.0/24")])
         assert reflector.relists == 2
+
+
+@pytest.mark.parametrize(("older", "newer"), [("a-older", "z-newer"), ("z-older", "a-newer")])
+async def test_two_nodes_given_one_pod_cidr_the_older_is_the_peer_and_the_newer_takes_over_after_it(
+    api: KubeApiDouble, manager_factory: Factory, older: str, newer: str
+) -> None:
+    """The older Node (creationTimestamp) keeps a shared podCIDR whatever the names (the list is
+    sorted by name); deleting the newer changes nothing, deleting the older hands the subnet
+    over. Before, the later-listed node replaced the other and deleting either removed both."""
+    api.add_node("node-a", ["10.244.1.0/24"])
+    api.add_node(older, ["10.244.5.0/24"], managed_annotations("10.0.0.6", "0e:00:00:00:00:06"))
+    await asyncio.sleep(1.1)  # creationTimestamp has 1 s resolution
+    api.add_node(newer, ["10.244.5.0/24"], managed_annotations("10.0.0.5", "0e:00:00:00:00:05"))
+    api.add_node("node-c", ["10.244.3.0/24"], managed_annotations("10.0.0.3", "0e:00:00:00:00:03"))
+    async with watching(await manager_factory()) as seen:
+        first = {str(e.lease.subnet): str(e.lease.attrs.public_ip) for e in seen.batches[0]}
+        assert first == {"10.244.5.0/24": "10.0.0.6", "10.244.3.0/24": "10.0.0.3"}, first
+        api.delete_node(older)
+        await eventually(lambda: len(seen.batches) >= 2)
+        handed = [(e.type, str(e.lease.attrs.public_ip)) for b in seen.batches[1:] for e in b]
+        assert handed == [(EventType.ADDED, "10.0.0.5")], handed
+        api.delete_node(newer)
+        await eventually(lambda: len(seen.batches) >= 3)
+        assert seen.events[-1] == (EventType.REMOVED, "10.244.5.0/24")

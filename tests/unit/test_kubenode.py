@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import flannel.model.kubenode as kubenode
 from flannel.errors import ConfigError, DatastoreError, MalformedLeaseError
-from flannel.model.kubenode import AnnotationNames
+from flannel.model.kubenode import AnnotationNames, creation_rank
 from flannel.model.lease import LeaseAttrs
 
 P = "flannel.alpha.coreos.com/"
@@ -331,3 +331,20 @@ def test_node_to_lease_never_crashes_on_garbage(
     assert (lease.subnet is not None) == v4
     assert lease.attrs.backend_type == backend_type
     LeaseAttrs.from_json(lease.attrs.to_json())  # whatever is accepted round-trips
+
+
+@pytest.mark.parametrize(
+    ("stamp", "rank"),
+    [
+        ("2026-12-03T06:00:01Z", 1796277601),
+        ("1970-01-01T00:00:00Z", 0),
+        ("", 0),
+        (None, 0),
+        ("yesterday", 0),
+        ("2026-13-40T99:00:00Z", 0),
+    ],
+)
+def test_creation_rank_is_unix_seconds_and_0_for_what_is_absent_or_unparsable(
+    stamp: str | None, rank: int
+) -> None:
+    assert creation_rank(stamp) == rank

@@ -10,6 +10,7 @@ endpoints.
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 from flannel.doctor.snapshot import StoreSnapshot
@@ -84,7 +85,7 @@ async def _etcd(settings: Settings) -> StoreSnapshot:
 
 async def _kube(settings: Settings, net_config_path: str) -> StoreSnapshot:
     from flannel.model.config import parse_config
-    from flannel.model.kubenode import AnnotationNames, is_managed, node_to_lease
+    from flannel.model.kubenode import AnnotationNames, creation_rank, is_managed, node_to_lease
     from flannel.subnet.kube_client import KubeApi, make_client
 
     try:
@@ -130,7 +131,9 @@ async def _kube(settings: Settings, net_config_path: str) -> StoreSnapshot:
         except FlannelError as exc:
             malformed.append((f"node {name}", str(exc)))
             continue
-        leases.append(_named(lease, name))
+        leases.append(
+            replace(lease, name=name, created=creation_rank(node.metadata.creationTimestamp))
+        )
     return StoreSnapshot(
         kind="kube",
         where=settings.kube_api_url or settings.kubeconfig_file or "in-cluster config",
@@ -141,12 +144,6 @@ async def _kube(settings: Settings, net_config_path: str) -> StoreSnapshot:
         nodes_without_cidr=tuple(no_cidr),
         delete_command="kubectl delete node {name}",
     )
-
-
-def _named(lease: Lease, name: str) -> Lease:
-    from dataclasses import replace
-
-    return replace(lease, name=name)
 
 
 async def read_store(settings: Settings, *, net_config_path: str, timeout: float) -> StoreSnapshot:

@@ -117,6 +117,21 @@ def split_pod_cidrs(
     return v4, v6
 
 
+def creation_rank(timestamp: str | None) -> int:
+    """Unix seconds of a Node's ``metadata.creationTimestamp`` (0 when absent or unparsable).
+
+    In kube mode this is ``Lease.created``: of two Nodes given overlapping podCIDRs the older one
+    keeps its subnet, on every node and after every restart, as the etcd create revision decides
+    in etcd mode. Arrival order would not do: a list sorted by name could crown the newcomer.
+    """
+    if not timestamp:
+        return 0
+    try:
+        return max(0, int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()))
+    except ValueError:
+        return 0
+
+
 def node_to_lease(
     *,
     node_name: str,

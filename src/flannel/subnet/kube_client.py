@@ -50,6 +50,7 @@ class NodeMeta(msgspec.Struct):
 
     name: str = ""
     resourceVersion: str = ""
+    creationTimestamp: str = ""
     annotations: dict[str, str] | None = None
 
 

@@ -17,12 +17,13 @@ import contextlib
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flannel.errors import DatastoreError, MalformedLeaseError
 from flannel.model import kubenode
 from flannel.model.kubenode import AnnotationNames
 from flannel.model.lease import EventType, Lease, LeaseEvent
+from flannel.model.subnetclaims import SubnetClaims
 from flannel.subnet.kube_client import AccessDeniedError, GoneError, KubeApi, NodeWire
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class NodeView:
     annotations: dict[str, str]
     pod_cidr: str | None
     pod_cidrs: tuple[str, ...]
+    created: int = 0
+    """``metadata.creationTimestamp`` in Unix seconds: the older of two overlapping nodes wins."""
 
 
 def wanted_names(names: AnnotationNames) -> dict[str, str]:
@@ -63,7 +66,13 @@ def view_of(node: NodeWire, wanted: Mapping[str, str]) -> NodeView:
     cidrs = tuple(spec.podCIDRs or ()) if spec is not None else ()
     if pod_cidr is not None and cidrs and cidrs[0] == pod_cidr:
         cidrs = (pod_cidr, *cidrs[1:])  # one string object for both fields
-    return NodeView(name=meta.name, annotations=annotations, pod_cidr=pod_cidr, pod_cidrs=cidrs)
+    return NodeView(
+        name=meta.name,
+        annotations=annotations,
+        pod_cidr=pod_cidr,
+        pod_cidrs=cidrs,
+        created=kubenode.creation_rank(meta.creationTimestamp),
+    )
 
 
 class NodeReflector:
@@ -88,6 +97,8 @@ class NodeReflector:
         self.cache: dict[str, Lease | None] = {}
         """Every node's lease (None: not a flannel peer, or malformed). The Lease objects are
         the ones handed to the backends, so the cache costs little more than its dict."""
+        self.claims = SubnetClaims()
+        """Which node's lease is the peer for each subnet (two Nodes may share a podCIDR)."""
         self.own: NodeView | None = None
         """Our own node as last seen (acquire_lease reads its CIDRs and annotations)."""
         self.resource_version = ""
@@ -101,11 +112,7 @@ class NodeReflector:
     def subscribe(self) -> tuple[list[LeaseEvent], asyncio.Queue[LeaseEvent]]:
         """The current peers as ADDED events, and the queue of every later change."""
         self.queue = asyncio.Queue(maxsize=self.queue_depth)
-        snapshot = [
-            LeaseEvent(EventType.ADDED, lease)
-            for name, lease in self.cache.items()
-            if lease is not None and name != self.own_name
-        ]
+        snapshot = [LeaseEvent(EventType.ADDED, lease) for lease in self.claims.visible()]
         return snapshot, self.queue
 
     async def run(self) -> None:
@@ -155,7 +162,7 @@ class NodeReflector:
         self.relists += 1
         for name, old in list(self.cache.items()):
             if name not in fresh and old is not None:
-                await self._emit(LeaseEvent(EventType.REMOVED, old), name)
+                await self._gone(name, old)
         for name, lease in fresh.items():
             await self._changed(name, self.cache.get(name), lease)
         self.cache = fresh
@@ -200,7 +207,7 @@ class NodeReflector:
                     self.own = None
                 gone = old if known else lease
                 if gone is not None:
-                    await self._emit(LeaseEvent(EventType.REMOVED, gone), name)
+                    await self._gone(name, gone)
             else:
                 self.cache[name] = lease
                 await self._changed(name, old, lease)
@@ -221,25 +228,31 @@ class NodeReflector:
         relevant annotations of the enabled families, quirk 10 fixed) plus the pod CIDRs;
         unrelated annotations, labels and kubelet's status never reach the backends.
         """
-        if new is None or new == old:
+        if new is None or new == old or name == self.own_name:
             return
-        await self._emit(LeaseEvent(EventType.ADDED, new), name)
+        await self._emit(self.claims.changed(name, old, new))
 
-    async def _emit(self, event: LeaseEvent, node_name: str) -> None:
-        if self.queue is None or node_name == self.own_name:
+    async def _gone(self, name: str, lease: Lease) -> None:
+        """REMOVED for a peer that was deleted (or the ADDED of the node waiting for its subnet)."""
+        if name != self.own_name:
+            await self._emit(self.claims.removed(name, lease))
+
+    async def _emit(self, events: list[LeaseEvent]) -> None:
+        if self.queue is None:
             return
-        if self.queue.full():
-            logger.warning(
-                "lease event queue is full (EVENT_QUEUE_DEPTH=%d): waiting for the backend",
-                self.queue_depth,
-            )
-        await self.queue.put(event)
+        for event in events:
+            if self.queue.full():
+                logger.warning(
+                    "lease event queue is full (EVENT_QUEUE_DEPTH=%d): waiting for the backend",
+                    self.queue_depth,
+                )
+            await self.queue.put(event)
 
     def _lease(self, view: NodeView) -> Lease | None:
         if not kubenode.is_managed(view.annotations, self.names):
             return None
         try:
-            return kubenode.node_to_lease(
+            lease = kubenode.node_to_lease(
                 node_name=view.name,
                 annotations=view.annotations,
                 pod_cidr=view.pod_cidr,
@@ -248,6 +261,7 @@ class NodeReflector:
                 enable_ipv4=self.v4,
                 enable_ipv6=self.v6,
             )
+            return replace(lease, created=view.created) if view.created else lease
         except (MalformedLeaseError, DatastoreError) as exc:
             logger.warning("ignoring node %s: %s", view.name, exc)
             return None
