@@ -51,3 +51,16 @@ def test_the_ipv6_vxlan_port_dropped_on_a_peer_is_named_with_its_ipv6_address(la
         assert not named(doctor(lab, node), "probe.backend-port")
     finally:
         lab.run(peer.netns, "nft", "delete", "table", "inet", "doctorfault", check=False)
+
+
+def test_ipv6_forwarding_off_is_named_and_its_command_turns_it_back_on(lab: Lab) -> None:
+    node = lab.nodes[1]
+    lab.run(node.netns, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=0")
+    try:
+        finding = the_finding(doctor(lab, node), "sysctl.ipv6-forwarding")
+        assert finding["severity"] == "error"
+        assert finding["command"] == "sysctl -w net.ipv6.conf.all.forwarding=1"
+        lab.run(node.netns, "sh", "-c", finding["command"])
+        assert not named(doctor(lab, node), "sysctl.ipv6-forwarding")
+    finally:
+        lab.run(node.netns, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from test_doctor import (
     doctor_argv,
     free_subnets,
     frozen,
+    kube_args,
     lab_up,
     lease_of,
     named,
@@ -425,3 +427,39 @@ def test_a_foreign_address_on_cni0(lab: Lab) -> None:
     lab.add_pod(node)
     assert not named(doctor(lab, node), "cni0.address")
     wait_clean(lab)
+
+
+# ---------------------------------------------------------------- against the Kubernetes API
+
+
+def test_kube_a_node_without_pod_cidr_and_a_node_overlapping_anothers(lab_factory: Any) -> None:
+    lab = lab_factory(nodes=2, pods_per_node=1, datastore="kube")
+    node, peer = lab.nodes
+    args = [*kube_args(lab), f"--node-name={node.name}"]
+    _code, peer_object = lab.kube.request("GET", f"/api/v1/nodes/{peer.name}")
+    annotations = dict(peer_object["metadata"]["annotations"])
+    annotations["flannel.alpha.coreos.com/public-ip"] = "192.0.2.9"
+    ghosts = {
+        "ghost-nocidr": {"metadata": {"name": "ghost-nocidr"}, "spec": {}},
+        "ghost-overlap": {"metadata": {"name": "ghost-overlap", "annotations": annotations},
+                          "spec": {"podCIDR": peer_object["spec"]["podCIDR"]}},
+    }  # fmt: skip
+    time.sleep(1.1)  # creationTimestamp has 1 s resolution: the copy is surely the newer node
+    for body in ghosts.values():
+        lab.kube.request("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", **body})
+    try:
+        report = doctor(lab, node, *args)
+        missing = the_finding(report, "kube.pod-cidr-missing", "ghost-nocidr")
+        overlap = the_finding(report, "lease.overlap", "ghost-overlap")
+        assert missing["severity"] == overlap["severity"] == "error"
+        assert overlap["command"] == "kubectl delete node ghost-overlap"
+        assert not named(report, "lease.overlap", peer.name)  # the first holder keeps its lease
+        # The fixes: give the node a podCIDR (as kube-controller-manager would); delete the copy.
+        lab.kube.request("PATCH", "/api/v1/nodes/ghost-nocidr", {"spec": {"podCIDR": "10.5.200.0/24"}},
+                         content_type="application/merge-patch+json")  # fmt: skip
+        lab.kube.request("DELETE", "/api/v1/nodes/ghost-overlap")
+        after = doctor(lab, node, *args)
+        assert not named(after, "kube.pod-cidr-missing") and not named(after, "lease.overlap")
+    finally:
+        for name in ghosts:
+            lab.kube.request("DELETE", f"/api/v1/nodes/{name}", ok=(404,))
