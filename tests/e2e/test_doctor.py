@@ -212,11 +212,17 @@ def test_conflist_missing(lab: Lab) -> None:
         conflist.write_bytes(saved)  # the lab's own (its CNI data dirs live in the lab)
 
 
-def test_a_foreign_conflist_sorting_first(lab: Lab) -> None:
-    node = lab.nodes[1]
-    foreign = conf_dir(lab, node) / "00-foreign.conflist"
+def foreign_conflist(lab: Lab, node: LabNode, file_name: str) -> Path:
+    """Another CNI's conflist (a bridge on br9) written into the node's CNI config dir."""
+    foreign = conf_dir(lab, node) / file_name
     foreign.write_text(json.dumps({"name": "other", "cniVersion": "0.3.1",
                                    "plugins": [{"type": "bridge", "bridge": "br9"}]}))  # fmt: skip
+    return foreign
+
+
+def test_a_foreign_conflist_sorting_first(lab: Lab) -> None:
+    node = lab.nodes[1]
+    foreign = foreign_conflist(lab, node, "00-foreign.conflist")
     try:
         finding = the_finding(doctor(lab, node), "cni.conflist-shadowed", str(foreign))
         assert finding["severity"] == "error"
@@ -329,16 +335,20 @@ def test_a_vtep_mac_that_disagrees_with_the_lease(lab: Lab) -> None:
     wait_clean(lab, [node])  # flanneld re-adds the neighbour entries the MAC change flushed
 
 
-def test_ip_forward_off(lab: Lab) -> None:
-    node = lab.nodes[2]
-    lab.run(node.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+def forwarding_off_is_named_and_fixed(lab: Lab, node: LabNode, key: str, fid: str) -> None:
+    """``key=0`` in the node: doctor names ``fid`` with ``sysctl -w key=1``, which clears it."""
+    lab.run(node.netns, "sysctl", "-q", "-w", f"{key}=0")
     try:
-        finding = the_finding(doctor(lab, node), "sysctl.ip-forward")
-        assert finding["severity"] == "error"
+        finding = the_finding(doctor(lab, node), fid)
+        assert finding["severity"] == "error" and finding["command"] == f"sysctl -w {key}=1"
         apply_fix(lab, node, finding)
-        assert not named(doctor(lab, node), "sysctl.ip-forward")
+        assert not named(doctor(lab, node), fid)
     finally:
-        lab.run(node.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        lab.run(node.netns, "sysctl", "-q", "-w", f"{key}=1")
+
+
+def test_ip_forward_off(lab: Lab) -> None:
+    forwarding_off_is_named_and_fixed(lab, lab.nodes[2], "net.ipv4.ip_forward", "sysctl.ip-forward")
 
 
 def test_the_vxlan_port_dropped_on_a_peer(lab: Lab) -> None:

@@ -7,7 +7,14 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from test_doctor import doctor, lab_up, named, problems, the_finding
+from test_doctor import (
+    doctor,
+    forwarding_off_is_named_and_fixed,
+    lab_up,
+    named,
+    problems,
+    the_finding,
+)
 
 from flannel.lab.cluster import Lab
 
@@ -54,13 +61,5 @@ def test_the_ipv6_vxlan_port_dropped_on_a_peer_is_named_with_its_ipv6_address(la
 
 
 def test_ipv6_forwarding_off_is_named_and_its_command_turns_it_back_on(lab: Lab) -> None:
-    node = lab.nodes[1]
-    lab.run(node.netns, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=0")
-    try:
-        finding = the_finding(doctor(lab, node), "sysctl.ipv6-forwarding")
-        assert finding["severity"] == "error"
-        assert finding["command"] == "sysctl -w net.ipv6.conf.all.forwarding=1"
-        lab.run(node.netns, "sh", "-c", finding["command"])
-        assert not named(doctor(lab, node), "sysctl.ipv6-forwarding")
-    finally:
-        lab.run(node.netns, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1")
+    key, fid = "net.ipv6.conf.all.forwarding", "sysctl.ipv6-forwarding"
+    forwarding_off_is_named_and_fixed(lab, lab.nodes[1], key, fid)

@@ -32,6 +32,7 @@ from test_doctor import (
     conf_dir,
     doctor,
     doctor_argv,
+    foreign_conflist,
     free_subnets,
     frozen,
     kube_args,
@@ -176,9 +177,7 @@ def test_a_broken_flannel_conflist(lab: Lab) -> None:
 
 def test_a_foreign_conflist_sorting_after_flannels(lab: Lab) -> None:
     node = lab.nodes[1]
-    foreign = conf_dir(lab, node) / "99-foreign.conflist"
-    foreign.write_text(json.dumps({"name": "x", "cniVersion": "0.3.1",
-                                   "plugins": [{"type": "bridge", "bridge": "br9"}]}))  # fmt: skip
+    foreign = foreign_conflist(lab, node, "99-foreign.conflist")
     try:
         finding = named_then_fixed(lab, node, "cni.foreign-conflist", str(foreign))
         assert finding["severity"] == "warn" and not foreign.exists()
