@@ -127,13 +127,12 @@ async def _kube(settings: Settings, net_config_path: str) -> StoreSnapshot:
                 names=names,
                 enable_ipv4=v4,
                 enable_ipv6=v6,
+                created=creation_rank(node.metadata.creationTimestamp),
             )
         except FlannelError as exc:
             malformed.append((f"node {name}", str(exc)))
             continue
-        leases.append(
-            replace(lease, name=name, created=creation_rank(node.metadata.creationTimestamp))
-        )
+        leases.append(replace(lease, name=name))
     return StoreSnapshot(
         kind="kube",
         where=settings.kube_api_url or settings.kubeconfig_file or "in-cluster config",

@@ -141,8 +141,11 @@ def node_to_lease(
     names: AnnotationNames,
     enable_ipv4: bool,
     enable_ipv6: bool,
+    created: int = 0,
 ) -> Lease:
-    """A peer's lease from its node (upstream nodeToLease); raises MalformedLeaseError."""
+    """A peer's lease from its node (upstream nodeToLease); raises MalformedLeaseError.
+
+    ``created`` is the node's ``creation_rank`` (the first-writer rank of overlapping nodes)."""
     v4, v6 = split_pod_cidrs(node_name, pod_cidr, pod_cidrs)
     public_ip = IPv4Address("0.0.0.0")
     public_ipv6: IPv6Address | None = None
@@ -177,6 +180,7 @@ def node_to_lease(
         attrs=attrs,
         enable_ipv4=enable_ipv4,
         enable_ipv6=enable_ipv6,
+        created=created,
     )
 
 

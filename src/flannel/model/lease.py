@@ -252,3 +252,11 @@ class LeasedNetwork:
     def mtu(self) -> int:
         """FLANNEL_MTU written to subnet.env."""
         return self._mtu
+
+
+def peer_key(lease: Lease) -> object:
+    """A peer's identity wherever peers are kept by subnet: its subnet alone when it has no IPv6
+    subnet (one tuple less per peer held), else both."""
+    if lease.ipv6_subnet is None:
+        return lease.subnet
+    return (lease.subnet, lease.ipv6_subnet)

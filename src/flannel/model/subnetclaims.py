@@ -14,18 +14,11 @@ rule of etcd mode.
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Network, IPv6Network
 
 from flannel.model.admission import OVERLAPS_PEER, REJECTIONS
-from flannel.model.lease import EventType, Lease, LeaseEvent
+from flannel.model.lease import EventType, Lease, LeaseEvent, peer_key
 
 logger = logging.getLogger(__name__)
-
-Key = IPv4Network | IPv6Network | tuple[IPv4Network | None, IPv6Network | None] | None
-
-
-def _key(lease: Lease) -> Key:
-    return lease.subnet if lease.ipv6_subnet is None else (lease.subnet, lease.ipv6_subnet)
 
 
 def _rank(node: str, lease: Lease) -> tuple[int, str]:
@@ -36,9 +29,9 @@ class SubnetClaims:
     """Every node's claim on a subnet; ``changed``/``removed`` return the events to pass on."""
 
     def __init__(self) -> None:
-        self._holders: dict[Key, tuple[str, Lease]] = {}
+        self._holders: dict[object, tuple[str, Lease]] = {}
         """The visible claim of each subnet (node name, its lease)."""
-        self._waiting: dict[Key, dict[str, Lease]] = {}
+        self._waiting: dict[object, dict[str, Lease]] = {}
         """Claims kept out by an older holder; only contested subnets have an entry."""
 
     def visible(self) -> list[Lease]:
@@ -47,8 +40,10 @@ class SubnetClaims:
 
     def changed(self, node: str, old: Lease | None, new: Lease) -> list[LeaseEvent]:
         """``node`` now claims ``new`` (it claimed ``old`` before, if anything)."""
-        events = self.removed(node, old) if old is not None and _key(old) != _key(new) else []
-        key = _key(new)
+        events = (
+            self.removed(node, old) if old is not None and peer_key(old) != peer_key(new) else []
+        )
+        key = peer_key(new)
         holder = self._holders.get(key)
         if holder is None or holder[0] == node:
             self._holders[key] = (node, new)
@@ -67,7 +62,7 @@ class SubnetClaims:
 
     def removed(self, node: str, lease: Lease) -> list[LeaseEvent]:
         """``node`` no longer claims ``lease``'s subnet (deleted, or given another one)."""
-        key = _key(lease)
+        key = peer_key(lease)
         holder = self._holders.get(key)
         waiting = self._waiting.get(key)
         if holder is None or holder[0] != node:

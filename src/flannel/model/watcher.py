@@ -27,26 +27,18 @@ from flannel.model.admission import (
     Verdict,
 )
 from flannel.model.config import NetworkConfig
-from flannel.model.lease import EventType, Lease, LeaseEvent
+from flannel.model.lease import EventType, Lease, LeaseEvent, peer_key
 
 logger = logging.getLogger(__name__)
 
 Key = object
-"""IPv4Network, or (IPv4Network | None, IPv6Network): see ``_key``."""
+"""IPv4Network, or (IPv4Network | None, IPv6Network): see ``peer_key``."""
 _latest: weakref.ref[LeaseWatcher] | None = None
 
 
 def latest() -> LeaseWatcher | None:
     """The most recently created watcher (the daemon's peer watch), for /metrics; None if gone."""
     return _latest() if _latest is not None else None
-
-
-def _key(lease: Lease) -> Key:
-    """A lease's identity: its subnet alone when it has no IPv6 subnet (one tuple less per
-    peer held), else both."""
-    if lease.ipv6_subnet is None:
-        return lease.subnet
-    return (lease.subnet, lease.ipv6_subnet)
 
 
 @dataclass(slots=True)
@@ -110,17 +102,17 @@ class LeaseWatcher:
         return self.own is not None and lease.same_subnet(self.own)
 
     def _put(self, lease: Lease) -> None:
-        known = self._candidates.get(_key(lease))
+        known = self._candidates.get(peer_key(lease))
         if known is not None and known.lease.attrs == lease.attrs:
             known.lease = lease  # a renewal: the verdict depends only on subnets and attributes
             return
         seq = known.seq if known is not None else next(self._seq)
         self._max_created = max(self._max_created, lease.created)
-        self._candidates[_key(lease)] = _Candidate(lease, seq, self.policy.check(lease))
+        self._candidates[peer_key(lease)] = _Candidate(lease, seq, self.policy.check(lease))
 
     def _find_key(self, lease: Lease) -> Key | None:
-        if _key(lease) in self._candidates:
-            return _key(lease)
+        if peer_key(lease) in self._candidates:
+            return peer_key(lease)
         for key, known in self._candidates.items():  # upstream's sameSubnet by enabled families
             if lease.same_subnet(known.lease):
                 return key
@@ -129,7 +121,7 @@ class LeaseWatcher:
     def reset(self, snapshot: Iterable[Lease]) -> list[LeaseEvent]:
         """Replace the known set with ``snapshot``; events for what was added, changed or vanished."""
         fresh = [lease for lease in snapshot if not self._is_own(lease)]
-        keep = {_key(lease) for lease in fresh}
+        keep = {peer_key(lease) for lease in fresh}
         for key in [k for k in self._candidates if k not in keep]:
             del self._candidates[key]
             self._reported.pop(key, None)
@@ -151,10 +143,10 @@ class LeaseWatcher:
         for index, event in enumerate(batch):
             if self._is_own(event.lease):
                 continue
-            order[_key(event.lease)] = index
+            order[peer_key(event.lease)] = index
             if event.type is EventType.ADDED:
                 self._put(event.lease)
-                touched.add(_key(event.lease))
+                touched.add(peer_key(event.lease))
                 continue
             key = self._find_key(event.lease)
             if key is None:
@@ -173,7 +165,7 @@ class LeaseWatcher:
                 logger.info("rejected lease %s was deleted", event.lease.source())
         events = self._recompute(touched) + passthrough
         last = len(order) + len(passthrough)  # consequences (a waiting lease let in) come last
-        return sorted(events, key=lambda e: order.get(_key(e.lease), last))
+        return sorted(events, key=lambda e: order.get(peer_key(e.lease), last))
 
     def _fast_path(self, batch: list[LeaseEvent]) -> list[LeaseEvent] | None:
         """The batch in O(batch), not O(peers), when no event can change another peer's
@@ -183,7 +175,7 @@ class LeaseWatcher:
         qualify, what was applied is undone and None sends the batch down the full path (whose
         result this one equals)."""
         events = [e for e in batch if not self._is_own(e.lease)]
-        keys = [_key(e.lease) for e in events]
+        keys = [peer_key(e.lease) for e in events]
         if self._occupancy is None or self._waiting or len(set(keys)) != len(keys):
             return None
         undo: list[Callable[[], None]] = []
@@ -198,7 +190,7 @@ class LeaseWatcher:
         ]
 
     def _fast_one(self, event: LeaseEvent, undo: list[Callable[[], None]]) -> bool:
-        key, lease = _key(event.lease), event.lease
+        key, lease = peer_key(event.lease), event.lease
         known = self._candidates.get(key)
         occupancy = self._occupancy
         assert occupancy is not None

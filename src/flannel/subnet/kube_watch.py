@@ -17,7 +17,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from flannel.errors import DatastoreError, MalformedLeaseError
 from flannel.model import kubenode
@@ -252,7 +252,7 @@ class NodeReflector:
         if not kubenode.is_managed(view.annotations, self.names):
             return None
         try:
-            lease = kubenode.node_to_lease(
+            return kubenode.node_to_lease(
                 node_name=view.name,
                 annotations=view.annotations,
                 pod_cidr=view.pod_cidr,
@@ -260,8 +260,8 @@ class NodeReflector:
                 names=self.names,
                 enable_ipv4=self.v4,
                 enable_ipv6=self.v6,
+                created=view.created,
             )
-            return replace(lease, created=view.created) if view.created else lease
         except (MalformedLeaseError, DatastoreError) as exc:
             logger.warning("ignoring node %s: %s", view.name, exc)
             return None
