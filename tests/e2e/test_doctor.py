@@ -78,15 +78,29 @@ def doctor_argv(lab: Lab, node: LabNode, *extra: str) -> list[str]:
     ]
 
 
-def doctor(lab: Lab, node: LabNode, *extra: str) -> dict[str, Any]:
-    """Run doctor against ``node`` (it enters the node's namespace itself); its JSON report."""
+def doctor(
+    lab: Lab, node: LabNode, *extra: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run doctor against ``node`` (it enters the node's namespace itself); its JSON report.
+    ``env``: doctor's environment (default ours), e.g. a PATH lacking some package."""
     done = subprocess.run(
-        doctor_argv(lab, node, *extra), capture_output=True, text=True, timeout=60, check=False
+        doctor_argv(lab, node, *extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
     )
     assert done.returncode in (0, 1, 2), done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     assert report["exit_code"] == done.returncode
     return report
+
+
+def vxlan_lease(ip: str, mac: str) -> str:
+    """A vxlan lease value as flanneld writes it."""
+    return json.dumps({"PublicIP": ip, "PublicIPv6": None, "BackendType": "vxlan",
+                       "BackendData": {"VNI": 1, "VtepMAC": mac}})  # fmt: skip
 
 
 def named(report: dict[str, Any], fid: str, subject: str = "") -> list[dict[str, Any]]:
@@ -378,9 +392,7 @@ def test_the_lease_pool_95_percent_used(lab: Lab) -> None:
     fakes = free[:-1]  # leave one: 30 of 31 used
     for n, subnet in enumerate(fakes, start=1):
         key = KEYS + subnet.replace("/", "-")
-        value = json.dumps({"PublicIP": f"192.0.2.{n}", "PublicIPv6": None, "BackendType": "vxlan",
-                            "BackendData": {"VNI": 1, "VtepMAC": f"02:00:00:00:0d:{n:02x}"}})  # fmt: skip
-        lab.etcdctl("put", key, value)
+        lab.etcdctl("put", key, vxlan_lease(f"192.0.2.{n}", f"02:00:00:00:0d:{n:02x}"))
     try:
         report = doctor(lab, node)
         print(f"doctor with {len(fakes)} unreachable fake peers: {report['elapsed_s']:.2f}s")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,7 +30,6 @@ from test_doctor import (
     apply_fix,
     conf_dir,
     doctor,
-    doctor_argv,
     foreign_conflist,
     free_subnets,
     frozen,
@@ -41,6 +39,7 @@ from test_doctor import (
     named,
     problems,
     the_finding,
+    vxlan_lease,
     wait_clean,
 )
 from waiting import eventually
@@ -56,11 +55,6 @@ CONFIG_KEY = "/coreos.com/network/config"
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with lab_up(tmp_path_factory, "doctor-faults", network=NETWORK) as built:
         yield built
-
-
-def vxlan_lease(ip: str, mac: str) -> str:
-    return json.dumps({"PublicIP": ip, "PublicIPv6": None, "BackendType": "vxlan",
-                       "BackendData": {"VNI": 1, "VtepMAC": mac}})  # fmt: skip
 
 
 def subnet_of(lab: Lab, node: LabNode) -> str:
@@ -82,17 +76,6 @@ def named_then_fixed(lab: Lab, node: LabNode, fid: str, subject: str = "") -> di
     after = doctor(lab, node)
     assert not named(after, fid, subject), problems(after)
     return finding
-
-
-def doctor_with_path(lab: Lab, node: LabNode, path_dir: Path) -> dict[str, Any]:
-    """Doctor run with ``PATH`` limited to ``path_dir`` (a node without some package)."""
-    done = subprocess.run(
-        doctor_argv(lab, node), capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "PATH": str(path_dir)},
-    )  # fmt: skip
-    assert done.returncode in (0, 1, 2), done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
 
 
 def path_without(tmp_path: Path, *missing: str) -> Path:
@@ -328,7 +311,7 @@ def test_a_drop_rule_before_flannels_forward_jump(lab: Lab) -> None:
 def test_iptables_not_installed_and_ping_not_installed(lab: Lab, tmp_path: Path) -> None:
     node = lab.nodes[1]
     tools = ("iptables-save", "ip6tables-save", "ping")
-    report = doctor_with_path(lab, node, path_without(tmp_path, *tools))
+    report = doctor(lab, node, env={**os.environ, "PATH": str(path_without(tmp_path, *tools))})
     missing = the_finding(report, "firewall.tools-missing", "iptables")
     assert missing["severity"] == "warn" and "install the iptables package" in missing["fix"]
     assert named(report, "probe.unavailable")
